@@ -1,0 +1,73 @@
+"""The ``salign`` command line: the thinnest layer; it parses options and calls the library.
+
+Each command group lives in ``salign/commands/<name>.py`` with a ``register(app)`` function.
+Errors salign raises on purpose (:class:`salign.errors.SalignError`) print as one line and exit
+with status 2; ``--debug`` shows the full traceback instead.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from salign.errors import SalignError
+
+app = typer.Typer(
+    name="salign",
+    help="Measure how adversarial robustness and saliency-map alignment are connected "
+    "(Etmann et al., ICML 2019).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+#: Command modules, in the order their commands appear in ``salign --help``.
+COMMAND_MODULES = ("pipeline", "train", "analyze", "attack", "data")
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+) -> None:
+    """salign: saliency alignment vs adversarial robustness."""
+
+
+for _name in COMMAND_MODULES:
+    importlib.import_module(f"salign.commands.{_name}").register(app)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: run the app, turning salign errors into one-line messages."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    try:
+        app(args=args, prog_name="salign", standalone_mode=False)
+    except SalignError as exc:
+        if debug:
+            raise
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise SystemExit(130) from None
+    except (typer.Exit, SystemExit) as exc:
+        code = getattr(exc, "exit_code", None)
+        if code is None:
+            code = getattr(exc, "code", 0)
+        raise SystemExit(code) from None
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            raise SystemExit(exc.exit_code) from None
+        if isinstance(exc, click.exceptions.Abort):
+            typer.echo("aborted", err=True)
+            raise SystemExit(1) from None
+        raise
+
+
+if __name__ == "__main__":
+    main()

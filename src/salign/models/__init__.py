@@ -1,0 +1,35 @@
+"""Model registry, checkpoints, and the reference networks.
+
+``build(name, **kwargs)`` makes a model by name; every model takes NCHW inputs in [0, 1] and
+returns logits. ``save``/``load`` write and read safetensors checkpoints whose metadata holds
+the model's name and keyword arguments, so loading never unpickles anything.
+"""
+
+from __future__ import annotations
+
+from salign.models.checkpoint import load, load_state_dict_file, save
+from salign.models.efficientnet import efficientnet_lite0, efficientnet_lite0_available
+from salign.models.normalize import Normalize, Normalized
+from salign.models.registry import MODELS, available, build, spec_of
+from salign.models.resnet import ResNet18
+from salign.models.simple import Linear, ReLUCNN, ReLUMLP
+from salign.models.smallnet import SmallNet
+
+__all__ = [
+    "MODELS",
+    "Linear",
+    "Normalize",
+    "Normalized",
+    "ReLUCNN",
+    "ReLUMLP",
+    "ResNet18",
+    "SmallNet",
+    "available",
+    "build",
+    "efficientnet_lite0",
+    "efficientnet_lite0_available",
+    "load",
+    "load_state_dict_file",
+    "save",
+    "spec_of",
+]

@@ -1,0 +1,67 @@
+"""Models by name: ``build("smallnet")``, ``build("linear", bias=False)``."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from salign.errors import ConfigError
+from salign.models.efficientnet import efficientnet_lite0
+from salign.models.resnet import ResNet18
+from salign.models.simple import Linear, ReLUCNN, ReLUMLP
+from salign.models.smallnet import SmallNet
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "smallnet": SmallNet,
+    "linear": Linear,
+    "relu_mlp": ReLUMLP,
+    "relu_cnn": ReLUCNN,
+    "resnet18": ResNet18,
+    "efficientnet_lite0": efficientnet_lite0,
+}
+
+#: Attribute under which ``build`` records how a model was made (used by ``save``).
+SPEC_ATTR = "_salign_spec"
+
+
+def available() -> list[str]:
+    """Names accepted by :func:`build`."""
+    return sorted(MODELS)
+
+
+def build(name: str, **kwargs: Any) -> nn.Module:
+    """Build a registered model; unknown names or keyword arguments are errors that name them.
+
+    Args:
+        name: one of :func:`available` (``"smallnet"``, ``"linear"``, ``"relu_mlp"``,
+            ``"relu_cnn"``, ``"resnet18"``, ``"efficientnet_lite0"``).
+        **kwargs: the model's constructor arguments (e.g. ``bias=False``, ``num_classes=10``).
+    """
+    if name not in MODELS:
+        raise ConfigError(f"unknown model {name!r}; available models: {', '.join(available())}")
+    factory = MODELS[name]
+    params = inspect.signature(factory).parameters
+    unknown = sorted(set(kwargs) - set(params))
+    if unknown:
+        raise ConfigError(
+            f"unknown argument(s) {', '.join(unknown)} for model {name!r}; accepted: {', '.join(params)}"
+        )
+    kwargs = {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}
+    model = factory(**kwargs)
+    setattr(model, SPEC_ATTR, {"name": name, "kwargs": kwargs})
+    return model
+
+
+def spec_of(model: nn.Module) -> dict[str, Any]:
+    """The ``{"name", "kwargs"}`` record of a model made by :func:`build` (unwrapping DDP)."""
+    inner = getattr(model, "module", model)
+    spec = getattr(inner, SPEC_ATTR, None) or getattr(model, SPEC_ATTR, None)
+    if spec is None:
+        raise ConfigError(
+            "this model was not made by salign.models.build, so its architecture cannot be recorded; "
+            "build it with salign.models.build(name, ...) or save its state_dict yourself"
+        )
+    return spec
