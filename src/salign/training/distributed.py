@@ -1,0 +1,83 @@
+"""torch.distributed plumbing for the trainer: torchrun environment, process group, helpers.
+
+Under ``torchrun --nproc_per_node=N`` the environment holds ``RANK``, ``WORLD_SIZE`` and
+``LOCAL_RANK``; the trainer then joins a process group (gloo on CPU, nccl on CUDA) and wraps
+the model in :class:`torch.nn.parallel.DistributedDataParallel`. Without those variables
+everything here is a no-op for a single process.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """This process's place in the job."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    initialized_here: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup(device: torch.device) -> DistInfo:
+    """Join the torchrun process group if the environment asks for one (idempotent)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or not dist.is_available():
+        return DistInfo()
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    created = False
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend=backend, rank=rank, world_size=world)
+        created = True
+    return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank, initialized_here=created)
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()
+
+
+def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Sum ``t`` over ranks (returns a new tensor on ``t``'s device)."""
+    if not info.enabled:
+        return t
+    work = t.clone()
+    if dist.get_backend() == "nccl":
+        work = work.to(torch.device("cuda", torch.cuda.current_device()))
+    dist.all_reduce(work, op=dist.ReduceOp.SUM)
+    return work.to(t.device)
+
+
+def gather_rng_states(info: DistInfo) -> list[torch.Tensor]:
+    """Every rank's torch CPU RNG state (collective; all ranks must call it)."""
+    state = torch.get_rng_state()
+    if not info.enabled:
+        return [state]
+    if dist.get_backend() == "nccl":  # nccl moves CUDA tensors only
+        state = state.to(torch.device("cuda", torch.cuda.current_device()))
+    out = [torch.empty_like(state) for _ in range(info.world_size)]
+    dist.all_gather(out, state)
+    return [o.cpu() for o in out]
+
+
+def teardown(info: DistInfo) -> None:
+    if info.initialized_here and dist.is_initialized():
+        dist.destroy_process_group()
