@@ -47,7 +47,12 @@ def setup(device: torch.device) -> DistInfo:
             torch.cuda.set_device(local_rank)
         dist.init_process_group(backend=backend, rank=rank, world_size=world)
         created = True
-    return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank, initialized_here=created)
+    return DistInfo(
+        rank=dist.get_rank(),
+        world_size=dist.get_world_size(),
+        local_rank=local_rank,
+        initialized_here=created,
+    )
 
 
 def barrier(info: DistInfo) -> None:

@@ -43,7 +43,9 @@ class TrainState:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def capture_rng(rank_states: list[torch.Tensor] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def capture_rng(
+    rank_states: list[torch.Tensor] | None = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Current RNG states as (tensors, JSON metadata): torch CPU (per rank), CUDA, NumPy, Python."""
     tensors: dict[str, torch.Tensor] = {}
     states = rank_states if rank_states is not None else [torch.get_rng_state()]
@@ -76,11 +78,19 @@ def restore_rng(tensors: dict[str, torch.Tensor], meta: dict[str, Any], *, rank:
     if "rng.numpy.keys" in tensors:
         m = meta["numpy"]
         np.random.set_state(
-            (m["name"], tensors["rng.numpy.keys"].numpy().astype(np.uint32), m["pos"], m["has_gauss"], m["cached"])
+            (
+                m["name"],
+                tensors["rng.numpy.keys"].numpy().astype(np.uint32),
+                m["pos"],
+                m["has_gauss"],
+                m["cached"],
+            )
         )
     if "rng.python.internal" in tensors:
         m = meta["python"]
-        random.setstate((m["version"], tuple(int(v) for v in tensors["rng.python.internal"].tolist()), m["gauss_next"]))
+        random.setstate(
+            (m["version"], tuple(int(v) for v in tensors["rng.python.internal"].tolist()), m["gauss_next"])
+        )
     return ok
 
 
@@ -104,7 +114,12 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any])
             state.setdefault(int(pid), {})[name] = value
     for pid, values in meta["scalars"].items():
         state.setdefault(int(pid), {}).update(values)
-    return {"state": state, "param_groups": meta["param_groups"]}
+    # JSON turns tuples (Adam's betas) into lists; torch optimizers keep them as tuples.
+    groups = [
+        {k: (tuple(v) if isinstance(v, list) and k != "params" else v) for k, v in g.items()}
+        for g in meta["param_groups"]
+    ]
+    return {"state": state, "param_groups": groups}
 
 
 def save_state(

@@ -276,7 +276,9 @@ def _as_config(config: TrainConfig | dict[str, Any] | str | os.PathLike[str]) ->
 
 def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
     """Config fields that must match for a resume (epochs, threads, quiet, device may change)."""
-    return {k: v for k, v in cfg.items() if k not in ("epochs", "num_threads", "quiet", "tensorboard", "device")}
+    return {
+        k: v for k, v in cfg.items() if k not in ("epochs", "num_threads", "quiet", "tensorboard", "device")
+    }
 
 
 def _remove_stale_temporaries(run_dir: Path) -> None:
@@ -338,7 +340,9 @@ def _train(
 
     cfg_dict = cfg.model_dump(mode="json", by_alias=True)
     if cfg.batch_size < info.world_size:
-        raise ConfigError(f"batch_size {cfg.batch_size} is smaller than the number of ranks {info.world_size}")
+        raise ConfigError(
+            f"batch_size {cfg.batch_size} is smaller than the number of ranks {info.world_size}"
+        )
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         _remove_stale_temporaries(out)
@@ -392,7 +396,15 @@ def _train(
     if info.is_main:
         write_text_atomic(out / "config.yaml", yaml.safe_dump(cfg_dict, sort_keys=False))
     bar_quiet = quiet if quiet is not None else cfg.quiet
-    stat_names = ("ce_sum", "penalty_sum", "penalty_count", "grad_norm_sum", "grad_norm_count", "correct", "count")
+    stat_names = (
+        "ce_sum",
+        "penalty_sum",
+        "penalty_count",
+        "grad_norm_sum",
+        "grad_norm_count",
+        "correct",
+        "count",
+    )
 
     try:
         for epoch in range(state.epoch, cfg.epochs):
@@ -403,9 +415,13 @@ def _train(
             start_step = state.step if epoch == state.epoch else 0
             sums = torch.zeros(len(stat_names) + 1, dtype=torch.float64)
             if start_step > 0 and info.is_main and state.partial:
-                sums = torch.tensor([state.partial.get(k, 0.0) for k in (*stat_names, "seconds")], dtype=torch.float64)
+                sums = torch.tensor(
+                    [state.partial.get(k, 0.0) for k in (*stat_names, "seconds")], dtype=torch.float64
+                )
             t0 = time.perf_counter()
-            bar = progress_bar(desc=f"epoch {epoch + 1}/{cfg.epochs}", total=n_batches, quiet=bar_quiet or not info.is_main)
+            bar = progress_bar(
+                desc=f"epoch {epoch + 1}/{cfg.epochs}", total=n_batches, quiet=bar_quiet or not info.is_main
+            )
             bar.update(start_step)
             for step in range(start_step, n_batches):
                 idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
@@ -426,7 +442,9 @@ def _train(
                 opt.zero_grad(set_to_none=True)
                 torch.autograd.backward(obj, inputs=params)
                 opt.step()
-                sums[: len(stat_names)] += torch.tensor([float(getattr(st, k)) for k in stat_names], dtype=torch.float64)
+                sums[: len(stat_names)] += torch.tensor(
+                    [float(getattr(st, k)) for k in stat_names], dtype=torch.float64
+                )
                 state.global_step += 1
                 bar.update(1)
                 every = cfg.checkpoint_every_steps
@@ -437,16 +455,24 @@ def _train(
                     rng = dist_util.gather_rng_states(info)
                     sums[: len(stat_names)] = total if info.is_main else 0.0
                     state.epoch, state.step = epoch, step + 1
-                    state.partial = {k: float(v) for k, v in zip((*stat_names, "seconds"), sums.tolist(), strict=True)}
+                    state.partial = {
+                        k: float(v) for k, v in zip((*stat_names, "seconds"), sums.tolist(), strict=True)
+                    }
                     if info.is_main:
                         save_state(state_path, model=inner, optimizer=opt, schedule=_schedule_record(cfg, epoch),
                                    state=state, config=cfg_dict, rank_rng_states=rng)  # fmt: skip
             bar.close()
             sums[-1] += time.perf_counter() - t0
             total = dist_util.all_reduce_sum(sums[: len(stat_names)], info)
-            val_idx = torch.tensor_split(torch.arange(x_va.shape[0], device=device), info.world_size)[info.rank]
-            val = dist_util.all_reduce_sum(evaluate_split(inner, x_va[val_idx], y_va[val_idx], batch_size=cfg.batch_size), info)
-            row = _epoch_row(cfg, epoch, lr, dict(zip(stat_names, total.tolist(), strict=True)), val, float(sums[-1]))
+            val_idx = torch.tensor_split(torch.arange(x_va.shape[0], device=device), info.world_size)[
+                info.rank
+            ]
+            val = dist_util.all_reduce_sum(
+                evaluate_split(inner, x_va[val_idx], y_va[val_idx], batch_size=cfg.batch_size), info
+            )
+            row = _epoch_row(
+                cfg, epoch, lr, dict(zip(stat_names, total.tolist(), strict=True)), val, float(sums[-1])
+            )
             rng = dist_util.gather_rng_states(info)
             state.history = [*state.history[:epoch], row]
             state.epoch, state.step, state.partial = epoch + 1, 0, {}
@@ -501,7 +527,9 @@ def _epoch_row(
         "loss": ce + cfg.regularizer.lambda_ * pen,
         "cross_entropy": ce,
         "penalty": pen,
-        "train_grad_norm": t["grad_norm_sum"] / t["grad_norm_count"] if t["grad_norm_count"] else float("nan"),
+        "train_grad_norm": t["grad_norm_sum"] / t["grad_norm_count"]
+        if t["grad_norm_count"]
+        else float("nan"),
         "train_accuracy": t["correct"] / count,
         "val_accuracy": v_correct / v_n,
         "val_cross_entropy": v_ce / v_n,

@@ -1,0 +1,92 @@
+"""Helpers for the training tests: tiny data, a slow model for kill tests, DDP workers."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from salign.models.registry import MODELS
+
+
+def tiny_data(n_train: int = 96, n_val: int = 32, *, seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """4-class 1×6×6 images in [0, 1] whose class depends on the mean and one pixel."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n_train + n_val, 1, 6, 6, generator=g)
+    y = (x.mean((1, 2, 3)) > 0.5).long() + 2 * (x[:, 0, 0, 0] > 0.5).long()
+    return x[:n_train], y[:n_train], x[n_train:], y[n_train:]
+
+
+def tiny_config(**over: object) -> dict:
+    cfg: dict = {
+        "model": {"name": "relu_mlp", "kwargs": {"input_shape": [1, 6, 6], "hidden": [12], "num_classes": 4}},
+        "epochs": 2,
+        "batch_size": 16,
+        "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4},
+        "regularizer": {"lambda": 0.5},
+        "tensorboard": False,
+        "quiet": True,
+        "num_threads": 1,
+    }
+    cfg.update(over)
+    return cfg
+
+
+class SlowMLP(nn.Module):
+    """A small dropout MLP that sleeps in forward, so a test can kill it mid-epoch."""
+
+    def __init__(self, delay: float = 0.02) -> None:
+        super().__init__()
+        self.delay = delay
+        self.net = nn.Sequential(
+            nn.Flatten(), nn.Linear(36, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 4)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        time.sleep(self.delay)
+        return self.net(x)
+
+
+def register_slow() -> None:
+    MODELS["slow_mlp_test"] = SlowMLP
+
+
+def slow_config() -> dict:
+    return tiny_config(
+        model={"name": "slow_mlp_test", "kwargs": {"delay": 0.02}},
+        epochs=3,
+        batch_size=8,
+        checkpoint_every_steps=3,
+        regularizer={"lambda": 0.3},
+    )
+
+
+def ddp_worker(rank: int, world: int, port: int, cfg: dict, run_dirs: list[str]) -> None:
+    """One rank of a gloo job: trains every run dir in ``run_dirs`` with ``cfg`` variants."""
+    import torch.distributed as dist
+
+    from salign.training import train
+
+    torch.set_num_threads(1)
+    os.environ.update(
+        {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "WORLD_SIZE": str(world),
+         "LOCAL_RANK": str(rank)}
+    )  # fmt: skip
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        for run_dir, variant in zip(run_dirs, cfg["variants"], strict=True):
+            train(tiny_config(**variant), run_dir=run_dir, data=tiny_data())
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":  # used by the kill-and-resume test: python _training_helpers.py RUN_DIR
+    from salign.training import train
+
+    torch.set_num_threads(1)
+    register_slow()
+    train(slow_config(), run_dir=Path(sys.argv[1]), data=tiny_data())
