@@ -389,3 +389,18 @@ def test_extract_deb_unpacks_data_tar(tmp_path):
     (tmp_path / "bad.deb").write_bytes(b"PK\x03\x04")
     with pytest.raises(DataError, match="not a Debian package"):
         extract_deb(tmp_path / "bad.deb", tmp_path / "out2")
+
+
+@pytest.mark.slow
+def test_fetch_fashion_mnist_with_apt_get_download(tmp_path, monkeypatch):
+    import shutil
+
+    from salign.data import fashion_mnist as fm
+
+    if shutil.which("apt-get") is None:
+        pytest.skip("apt-get not available (not a Debian/Ubuntu machine)")
+    monkeypatch.setattr(fm, "SYSTEM_DIR", tmp_path / "not-installed")
+    folder = fm.fetch_fashion_mnist(tmp_path)
+    assert folder == tmp_path / "fashion-mnist/usr/share/datasets/fashion-mnist"
+    x, y = sd.load("fashion-mnist", "test", data_dir=folder)
+    assert x.shape == (10000, 1, 28, 28) and torch.bincount(y).tolist() == [1000] * 10

@@ -8,6 +8,7 @@ other global, e.g. ``os.system``, is refused with :class:`~salign.errors.DataErr
 
 from __future__ import annotations
 
+import importlib
 import io
 import pickle
 from collections.abc import Callable
@@ -18,20 +19,23 @@ import numpy as np
 from salign.errors import DataError
 
 
-def _reconstruct() -> Callable[..., Any]:
-    try:
-        from numpy._core.multiarray import _reconstruct as fn  # numpy >= 2
-    except ImportError:  # pragma: no cover - numpy 1.x
-        from numpy.core.multiarray import _reconstruct as fn
-    return fn
+def _numpy_function(name: str, *modules: str) -> Callable[[], Any]:
+    """A lazy resolver of numpy's private ``name``, from the first of ``modules`` that has it."""
+
+    def resolve() -> Any:
+        for module in modules:
+            try:
+                return getattr(importlib.import_module(module), name)
+            except (ImportError, AttributeError):
+                continue
+        raise pickle.UnpicklingError(f"numpy has no {name} in {modules}")
+
+    return resolve
 
 
-def _frombuffer() -> Callable[..., Any]:
-    try:
-        from numpy._core.numeric import _frombuffer as fn  # numpy >= 2
-    except ImportError:  # pragma: no cover - numpy 1.x
-        from numpy.core.numeric import _frombuffer as fn
-    return fn
+# numpy >= 2 moved numpy.core to numpy._core; old pickles still name numpy.core.
+_reconstruct = _numpy_function("_reconstruct", "numpy._core.multiarray", "numpy.core.multiarray")
+_frombuffer = _numpy_function("_frombuffer", "numpy._core.numeric", "numpy.core.numeric")
 
 
 def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
