@@ -1,0 +1,79 @@
+"""Names of the per-sample columns of ``eval/<model>.csv`` and the quantities derived from them.
+
+The table holds the columns of :meth:`salign.Analysis.to_frame` (α, α_bin, ρ̃, β, ...) plus the
+pipeline's own: ``sample_id`` (index into the dataset split), ``model`` (the model's tag),
+``lambda``, and the attack columns ``rho`` (L2 distance to the nearest adversarial example found
+by the ensemble, +inf if none), ``rho_success``, ``adv_class``, ``best_attack`` and, per attack
+``<a>``, ``rho_<a>`` and ``success_<a>``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+SAMPLE_ID = "sample_id"
+MODEL = "model"
+LAMBDA = "lambda"
+LABEL = "label"
+PRED = "pred"
+CORRECT = "correct"
+ALPHA = "alignment"
+ALPHA_BIN = "alignment_binarized"
+ALPHA_NORM = "alignment_normalized"
+RHO_LIN = "linearized_robustness"
+BETA = "effective_bias"
+GRAD_NORM = "grad_norm"
+BIN_GRAD_NORM = "binarized_grad_norm"
+HOMOGENEOUS = "homogeneous_fraction"
+MARGIN = "logit_margin"
+RIVAL_NEAREST = "rival_nearest"
+RIVAL_RUNNER_UP = "rival_runner_up"
+RHO = "rho"
+RHO_SUCCESS = "rho_success"
+ADV_CLASS = "adv_class"
+BEST_ATTACK = "best_attack"
+#: Derived by :func:`add_derived`: |β_{j*}| / ‖g‖, the T4 slack.
+BIAS_RATIO = "bias_over_grad"
+#: Derived: does |α_bin − ρ̃| ≤ |β_{j*}|/‖g‖ hold for this sample (T4)?
+T4_HOLDS = "t4_holds"
+
+ATTACK_PREFIX = "rho_"
+SUCCESS_PREFIX = "success_"
+
+
+def attack_names(columns: Any) -> list[str]:
+    """Attack names present in a table, from its ``rho_<attack>`` columns (in column order)."""
+    names = []
+    for col in columns:
+        if col.startswith(ATTACK_PREFIX) and col not in (RHO_SUCCESS,) and col != RHO:
+            names.append(col[len(ATTACK_PREFIX) :])
+    return names
+
+
+def binarized_gradient_norm(frame: Any) -> np.ndarray:
+    """‖g‖ = ‖∇(Ψ^{i*} − Ψ^{j*})‖ per sample.
+
+    Read from the table when it has the column; otherwise recovered from ρ̃ = |Ψ^{i*} − Ψ^{j*}|/‖g‖
+    and the logit margin against j* (exact algebra, same numbers the core computed).
+    """
+    if BIN_GRAD_NORM in frame:
+        return frame[BIN_GRAD_NORM].to_numpy(dtype=np.float64)
+    margin = np.abs(frame[MARGIN].to_numpy(dtype=np.float64))
+    rho_lin = frame[RHO_LIN].to_numpy(dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return margin / rho_lin
+
+
+def add_derived(frame: Any) -> Any:
+    """Return a copy of ``frame`` with :data:`BIAS_RATIO` and :data:`T4_HOLDS` added."""
+    from salign.report.stats import bound_holds
+
+    out = frame.copy()
+    if BIAS_RATIO not in out and BETA in out and (BIN_GRAD_NORM in out or MARGIN in out):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out[BIAS_RATIO] = np.abs(out[BETA].to_numpy(dtype=np.float64)) / binarized_gradient_norm(out)
+    if BIAS_RATIO in out and ALPHA_BIN in out and RHO_LIN in out:
+        out[T4_HOLDS] = bound_holds(out[ALPHA_BIN], out[RHO_LIN], out[BIAS_RATIO])
+    return out

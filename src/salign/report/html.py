@@ -1,0 +1,207 @@
+"""The self-contained ``report.html``: figures embedded as base64 PNG, no external resources."""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from salign._io import write_text_atomic
+from salign.report.rundata import RunData
+
+#: (T1 column, header) shown in the report's main table; the full table is in summary.csv.
+MAIN_COLUMNS = (
+    ("model", "model"),
+    ("lambda", "λ"),
+    ("accuracy", "test acc."),
+    ("n", "N"),
+    ("rho_success_rate", "attack success"),
+    ("rho_median", "median ρ"),
+    ("alpha_median", "median α"),
+    ("alpha_bin_median", "median α_bin"),
+    ("alpha_norm_median", "median α/‖x‖"),
+    ("rho_lin_median", "median ρ̃"),
+    ("bias_ratio_median", "median |β|/‖g‖"),
+    ("homogeneous_median", "median ⟨x,g⟩/margin"),
+    ("spearman_alpha_rho", "Spearman(α,ρ) [95% CI]"),
+    ("pearson_alpha_rho", "Pearson(α,ρ) [95% CI]"),
+    ("t4_holds", "T4 holds"),
+)
+
+FIGURE_CAPTIONS = {
+    "p1_saliency_gallery": "P1 — saliency gallery: inputs and ∇Ψ^{F(x)} per model, symmetric scale, zero at mid-grey.",
+    "p2_alpha_vs_rho": "P2 — alignment vs robustness per image, identity line α = ρ, diamonds = per-model medians.",
+    "p3_medians_vs_lambda": "P3 — median α and median ρ with interquartile bars across the λ sweep.",
+    "p4_accuracy_vs_lambda": "P4 — clean accuracy and median ρ vs λ.",
+    "p5_linearization": "P5 — linearization (ρ̃ vs ρ) and the effective-bias band of T4.",
+    "p6_bias_histograms": "P6 — effective bias β_{j*}, its slack relative to ρ̃, and the homogeneous fraction.",
+    "p7_rival_agreement": "P7 — agreement of the rival classes j*, runner-up and attack class; best attack.",
+    "p8_linear_sanity": "P8 — exact linear cases of the theory.",
+}
+
+_CSS = """
+body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:2em auto;max-width:1180px;
+color:#222;line-height:1.45;padding:0 1em}
+h1{margin-bottom:.2em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
+.sub{color:#666;margin-top:0}
+table{border-collapse:collapse;font-size:.85em;margin:.6em 0}
+th,td{border:1px solid #ddd;padding:.3em .55em;text-align:right}th{background:#f4f4f4}
+td:first-child,th:first-child{text-align:left}
+.reading li{margin:.3em 0}
+figure{margin:1.2em 0}figure img{max-width:100%;border:1px solid #eee}
+figcaption{color:#555;font-size:.9em}
+pre{background:#f7f7f7;padding:.8em;overflow-x:auto;font-size:.8em;border:1px solid #eee}
+.ok{color:#1a7f37;font-weight:600}.bad{color:#b42318;font-weight:600}
+details summary{cursor:pointer;color:#0b57d0}
+"""
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        if math.isnan(value):
+            return "–"
+        if math.isinf(value):
+            return "∞"
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def _cell(row: Any, col: str) -> str:
+    if col in ("spearman_alpha_rho", "pearson_alpha_rho"):
+        v = row.get(col, float("nan"))
+        if v is None or not np.isfinite(v):
+            return "–"
+        return f"{v:.2f} [{row[col + '_low']:.2f}, {row[col + '_high']:.2f}]"
+    if col == "accuracy" or col == "rho_success_rate":
+        v = row.get(col, float("nan"))
+        return "–" if v is None or not np.isfinite(v) else f"{100 * v:.1f}%"
+    if col == "t4_holds":
+        if "t4_holds" not in row or not np.isfinite(row.get("t4_n", np.nan)):
+            return "–"
+        holds, n = int(row["t4_holds"]), int(row["t4_n"])
+        cls = "ok" if holds == n else "bad"
+        return f'<span class="{cls}">{holds}/{n}</span>'
+    if col == "lambda":
+        v = row.get(col)
+        return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:g}"
+    return html.escape(_fmt(row.get(col)))
+
+
+def summary_html(summary: Any) -> str:
+    """The main T1 table as HTML."""
+    cols = [(c, h) for c, h in MAIN_COLUMNS if c in summary.columns]
+    head = "".join(f"<th>{html.escape(h)}</th>" for _, h in cols)
+    body = []
+    for _, row in summary.iterrows():
+        r = row.to_dict()
+        body.append("<tr>" + "".join(f"<td>{_cell(r, c)}</td>" for c, _ in cols) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def full_table_html(summary: Any) -> str:
+    """Every T1 column, transposed (one column per model), for the collapsible section."""
+    models = [str(m) for m in summary["model"]]
+    head = "<th>quantity</th>" + "".join(f"<th>{html.escape(m)}</th>" for m in models)
+    rows = []
+    for col in summary.columns:
+        if col == "model":
+            continue
+        cells = "".join(f"<td>{html.escape(_fmt(v, 4))}</td>" for v in summary[col])
+        rows.append(f"<tr><td>{html.escape(col)}</td>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _timings_html(run: RunData) -> str:
+    t = run.timings
+    if not t:
+        return "<p>no timings recorded</p>"
+    rows = []
+    for key, value in t.items():
+        if isinstance(value, dict):
+            for sub, v in value.items():
+                rows.append(
+                    f"<tr><td>{html.escape(key)} / {html.escape(str(sub))}</td><td>{_fmt(v)} s</td></tr>"
+                )
+        else:
+            rows.append(f"<tr><td>{html.escape(str(key))}</td><td>{_fmt(value)} s</td></tr>")
+    return f"<table><tbody>{''.join(rows)}</tbody></table>"
+
+
+def render_html(
+    run: RunData,
+    summary: Any,
+    figures: dict[str, Path],
+    sentences: list[str],
+    *,
+    config_text: str = "",
+    checks: dict[str, bool] | None = None,
+) -> str:
+    """Assemble the report page (a string) with every figure inlined as a data URI."""
+    cfg = run.config
+    versions = cfg.get("versions", {}) if isinstance(cfg, dict) else {}
+    seed = cfg.get("seed", "–") if isinstance(cfg, dict) else "–"
+    dataset = cfg.get("dataset", {}) if isinstance(cfg, dict) else {}
+    ds_name = dataset.get("name", "–") if isinstance(dataset, dict) else str(dataset)
+    n_eval = int(run.models[0].frame.shape[0]) if run.models else 0
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>salign report — {html.escape(run.name)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{html.escape(run.name)}</h1>",
+        f"<p class='sub'>Robustness vs saliency alignment (Etmann et al., ICML 2019) — dataset "
+        f"<b>{html.escape(str(ds_name))}</b>, {len(run.models)} model(s), N = {n_eval} evaluated samples per "
+        f"model, seed {html.escape(str(seed))}.</p>",
+        "<h2>Reading</h2><ul class='reading'>",
+        *[f"<li>{html.escape(s)}</li>" for s in sentences],
+        "</ul>",
+    ]
+    if checks:
+        items = "".join(
+            f"<li><span class='{'ok' if v else 'bad'}'>{'✓' if v else '✗'}</span> {html.escape(k.replace('_', ' '))}</li>"
+            for k, v in checks.items()
+        )
+        parts.append(f"<p>Checks:</p><ul>{items}</ul>")
+    parts += ["<h2>Table T1</h2>", summary_html(summary)]
+    parts.append(
+        "<p class='sub'>ρ: L2 distance to the nearest adversarial example found by the attack ensemble "
+        "(attacking the predicted class); α = |⟨x,∇Ψ^{i*}⟩|/‖∇Ψ^{i*}‖; α_bin uses g = ∇(Ψ^{i*}−Ψ^{j*}) with "
+        "j* the nearest linearized boundary; ρ̃ = (Ψ^{i*}−Ψ^{j*})/‖g‖; β = Ψ − ⟨∇Ψ, x⟩.</p>"
+    )
+    parts.append(f"<details><summary>all T1 columns</summary>{full_table_html(summary)}</details>")
+    parts.append("<h2>Figures</h2>")
+    for name, path in figures.items():
+        data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+        caption = FIGURE_CAPTIONS.get(name, name)
+        parts.append(
+            f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,{data}'>"
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        )
+    parts.append("<h2>Run</h2>")
+    if versions:
+        vrows = "".join(
+            f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>"
+            for k, v in versions.items()
+        )
+        parts.append(f"<h3>Versions</h3><table><tbody>{vrows}</tbody></table>")
+    parts.append(f"<h3>Timings</h3>{_timings_html(run)}")
+    if config_text:
+        parts.append(f"<h3>Resolved config</h3><pre>{html.escape(config_text)}</pre>")
+    parts.append(f"<p class='sub'>Run directory: {html.escape(str(run.run_dir.resolve()))}</p>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_html(path: str | os.PathLike[str], page: str) -> Path:
+    """Write the page atomically."""
+    write_text_atomic(path, page)
+    return Path(path)

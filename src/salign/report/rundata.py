@@ -1,0 +1,149 @@
+"""The files of a run directory that the report reads, and a loader for them.
+
+Layout (written by :mod:`salign.experiments`, read here; see docs/architecture.md)::
+
+    <run>/config.yaml              resolved config with versions and seed
+    <run>/timings.json             seconds per stage and per model
+    <run>/eval/<tag>.csv           per-sample table of one model (see salign.report.columns)
+    <run>/eval/<tag>.json          that model's metadata: λ, accuracy, timings, attacks, n
+    <run>/eval/<tag>.gallery.npz   sample_id, image, saliency of the gallery images (P1)
+    <run>/eval/sanity.csv          the linear sanity experiment (P8), optional
+    <run>/figures/*.png, <run>/summary.csv, <run>/report.html   written by the report
+
+``<tag>`` names a model: its λ formatted by :func:`lambda_tag`, or ``pretrained``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from salign.errors import DataError, MissingFileError
+from salign.report._deps import require_pandas
+
+CONFIG_FILE = "config.yaml"
+TIMINGS_FILE = "timings.json"
+EVAL_DIR = "eval"
+MODELS_DIR = "models"
+FIGURES_DIR = "figures"
+SUMMARY_FILE = "summary.csv"
+REPORT_FILE = "report.html"
+SANITY_FILE = "sanity.csv"
+GALLERY_SUFFIX = ".gallery.npz"
+PRETRAINED_TAG = "pretrained"
+
+
+def lambda_tag(lam: float | None) -> str:
+    """Directory/file name of the model trained with penalty weight ``lam`` (``None``: pretrained)."""
+    if lam is None or (isinstance(lam, float) and math.isnan(lam)):
+        return PRETRAINED_TAG
+    return f"{float(lam):g}"
+
+
+@dataclass
+class ModelResult:
+    """Everything the report knows about one evaluated model."""
+
+    tag: str
+    lam: float  # NaN for a pretrained model evaluated without a sweep
+    frame: Any  # pandas.DataFrame of per-sample columns
+    meta: dict[str, Any]
+    gallery: dict[str, np.ndarray] | None = None
+
+    @property
+    def label(self) -> str:
+        """Short human label: ``λ=10`` or the tag."""
+        return self.tag if math.isnan(self.lam) else f"λ={self.lam:g}"
+
+
+@dataclass
+class RunData:
+    """A run directory loaded for reporting: config, timings and the models in λ order."""
+
+    run_dir: Path
+    config: dict[str, Any]
+    models: list[ModelResult]
+    timings: dict[str, Any] = field(default_factory=dict)
+    sanity: Any = None  # pandas.DataFrame or None
+
+    @property
+    def name(self) -> str:
+        """The run's name (from its config, else the directory name)."""
+        return str(self.config.get("name") or self.run_dir.name)
+
+    def pooled(self) -> Any:
+        """All models' per-sample tables stacked (with their ``model`` and ``lambda`` columns)."""
+        pd = require_pandas()
+        return pd.concat([m.frame for m in self.models], ignore_index=True)
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping (empty dict for an empty file)."""
+    import yaml
+
+    with open(path, encoding="utf-8") as fh:
+        data = yaml.safe_load(fh)
+    return data or {}
+
+
+def evaluated_tags(run_dir: str | os.PathLike[str]) -> list[str]:
+    """Tags of the models with a finished evaluation (both ``<tag>.csv`` and ``<tag>.json``)."""
+    eval_dir = Path(run_dir) / EVAL_DIR
+    if not eval_dir.is_dir():
+        return []
+    tags = []
+    for csv in sorted(eval_dir.glob("*.csv")):
+        if csv.name == SANITY_FILE:
+            continue
+        if csv.with_suffix(".json").is_file():
+            tags.append(csv.stem)
+    return tags
+
+
+def load_run(run_dir: str | os.PathLike[str]) -> RunData:
+    """Load a run directory's config, timings and per-model evaluations for the report.
+
+    Raises:
+        MissingFileError: ``run_dir`` does not exist.
+        DataError: it has no finished evaluation (nothing to report).
+    """
+    from salign.report.columns import LAMBDA, MODEL, add_derived
+
+    pd = require_pandas()
+    root = Path(run_dir)
+    if not root.is_dir():
+        raise MissingFileError(f"run directory not found: {root}")
+    config = read_yaml(root / CONFIG_FILE) if (root / CONFIG_FILE).is_file() else {}
+    timings: dict[str, Any] = {}
+    if (root / TIMINGS_FILE).is_file():
+        timings = json.loads((root / TIMINGS_FILE).read_text(encoding="utf-8"))
+    models = []
+    for tag in evaluated_tags(root):
+        meta = json.loads((root / EVAL_DIR / f"{tag}.json").read_text(encoding="utf-8"))
+        try:
+            frame = pd.read_csv(root / EVAL_DIR / f"{tag}.csv")
+        except Exception as exc:  # pandas raises several parser errors
+            raise DataError(f"{root / EVAL_DIR / f'{tag}.csv'} is not a readable table: {exc}") from exc
+        lam_raw = meta.get("lambda")
+        lam = float("nan") if lam_raw is None else float(lam_raw)
+        frame[MODEL] = tag
+        frame[LAMBDA] = lam
+        gallery = None
+        gpath = root / EVAL_DIR / f"{tag}{GALLERY_SUFFIX}"
+        if gpath.is_file():
+            with np.load(gpath) as npz:
+                gallery = {k: npz[k] for k in npz.files}
+        models.append(ModelResult(tag, lam, add_derived(frame), meta, gallery))
+    if not models:
+        raise DataError(f"{root} has no finished evaluation (no {EVAL_DIR}/<model>.csv with its .json)")
+    models.sort(key=lambda m: (math.isnan(m.lam), m.lam if not math.isnan(m.lam) else 0.0, m.tag))
+    sanity = None
+    if (root / EVAL_DIR / SANITY_FILE).is_file():
+        sanity = pd.read_csv(root / EVAL_DIR / SANITY_FILE)
+    return RunData(root, config, models, timings, sanity)
