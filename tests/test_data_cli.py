@@ -74,3 +74,22 @@ def test_data_fetch_fashion_mnist_when_installed():
         )
     result = runner.invoke(app, ["data", "fetch", "fashion-mnist"])
     assert result.exit_code == 0 and "fashion-mnist: ok" in result.output
+
+
+def test_fetch_all_reports_what_is_missing_and_how_to_get_it(monkeypatch, capsys):
+    import salign.data as sd
+    from salign.data import fashion_mnist as fm
+    from salign.data import mnist as m
+
+    monkeypatch.setattr(fm, "SYSTEM_DIR", fm.SYSTEM_DIR.parent / "not-installed")
+    monkeypatch.setattr(fm, "find_fashion_mnist", lambda root=None: None)
+    monkeypatch.setattr(fm.shutil, "which", lambda name: None)  # no apt-get
+    monkeypatch.setattr(sd, "fetch_mnist", lambda **kw: m.mnist_dir())  # keep this test offline
+    with pytest.raises(SystemExit) as info:
+        main(["data", "fetch", "all"])
+    assert info.value.code == 2
+    captured = capsys.readouterr()
+    assert "mnist: ok" in captured.out
+    assert "fashion-mnist: Fashion-MNIST not found and apt-get is not available" in captured.err
+    assert "apt-get install dataset-fashion-mnist" in captured.err
+    assert "github.com/zalandoresearch/fashion-mnist" in captured.err

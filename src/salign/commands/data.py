@@ -13,6 +13,10 @@ from salign.errors import ConfigError, SalignError
 FETCH_CHOICES = ("mnist", "fashion-mnist", "all")
 
 
+class SalignErrorGroup(SalignError):
+    """Some of several fetches failed (each failure is in the message)."""
+
+
 def _fetch_one(name: str, wheel: Path | None, deb: Path | None, force: bool) -> Path:
     import time
 
@@ -55,10 +59,6 @@ def fetch_command(
             failures.append(f"{one}: {exc}")
     if failures:
         raise SalignErrorGroup("; ".join(failures))
-
-
-class SalignErrorGroup(SalignError):
-    """Some of several fetches failed (each failure is in the message)."""
 
 
 def list_command() -> None:
