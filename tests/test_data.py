@@ -325,6 +325,9 @@ def test_photos_chelsea_and_all():
     xa, ya = sd.load("photos", "test")
     assert xa.shape == (len(sd.photo_names()), 3, 224, 224) and ya.dtype == torch.int64
     assert ya[list(sd.photo_names()).index("coffee")] == 967
+    from salign.data.photos import ACCEPTED_LABELS
+
+    assert all(int(ya[list(sd.photo_names()).index(n)]) in ok for n, ok in ACCEPTED_LABELS.items())
     torch.testing.assert_close(xa[0], x[0])
     camera = sd.load_photos(["camera"], size=(32, 48))[0]  # greyscale -> 3 identical channels
     assert camera.shape == (1, 3, 32, 48) and torch.equal(camera[0, 0], camera[0, 2])
