@@ -143,13 +143,15 @@ def step_objective(
     global_batch: int,
     global_penalised: int,
     world_size: int,
+    penalised: Tensor | None = None,
 ) -> tuple[Tensor, StepStats]:
     """This rank's share of the step objective (differentiable) and its statistics.
 
     The objective is scaled so that DDP's average over ranks equals
     ``mean_B CE + λ·mean_{penalised} penalty`` on the global batch.
     ``model`` may be the DDP wrapper (its forward runs once); ``inner`` is the bare module used
-    for any further forward of the step.
+    for any further forward of the step. ``penalised`` (bool, (n,)) marks the examples that
+    get the penalty (default: all); ``global_penalised`` is their number over all ranks.
     """
     reg, adv = config.regularizer, config.adversarial
     scale_ce = world_size / global_batch
@@ -185,27 +187,34 @@ def step_objective(
         correct = int((logits.detach().argmax(1) == y).sum())
         return ce.sum() * scale_ce, StepStats(float(ce.detach().sum()), 0.0, 0, 0.0, 0, correct, n)
 
-    k = penalised_count(n, reg.penalty_fraction)
+    mask = penalised if penalised is not None else torch.ones(n, dtype=torch.bool, device=x.device)
+    k = int(mask.sum())
     opts = {
         "p": reg.p, "method": reg.method, "target": reg.target, "scaling": reg.scaling, "h": reg.h,
         "batch_size": global_batch,
     }  # fmt: skip
+    if k == 0:  # no penalised example on this rank in this step
+        logits = model(x)
+        ce = F.cross_entropy(logits, y, reduction="none")
+        correct = int((logits.detach().argmax(1) == y).sum())
+        return ce.sum() * scale_ce, StepStats(float(ce.detach().sum()), 0.0, 0, 0.0, 0, correct, n)
+    x_pen, y_pen = (x, y) if k == n else (x[mask], y[mask])
     if reg.batchnorm == "running":
         logits = model(x)
         ce = F.cross_entropy(logits, y, reduction="none")
         correct = int((logits.detach().argmax(1) == y).sum())
         with _batchnorm_running(inner):
-            terms = penalty_terms(inner, x[:k], y[:k], **opts)  # type: ignore[arg-type]
+            terms = penalty_terms(inner, x_pen, y_pen, **opts)  # type: ignore[arg-type]
         ce_sum = ce.sum()
     else:
-        terms = penalty_terms(model, x[:k], y[:k], step_model=inner, **opts)  # type: ignore[arg-type]
+        terms = penalty_terms(model, x_pen, y_pen, step_model=inner, **opts)  # type: ignore[arg-type]
         ce_sum = terms.cross_entropy.sum()
         correct = int(terms.correct.sum())
-        if k < n:
-            rest_logits = inner(x[k:])
-            rest_ce = F.cross_entropy(rest_logits, y[k:], reduction="none")
+        if k < n:  # the others need no input gradient: a plain forward (of the bare module)
+            rest_logits = inner(x[~mask])
+            rest_ce = F.cross_entropy(rest_logits, y[~mask], reduction="none")
             ce_sum = ce_sum + rest_ce.sum()
-            correct += int((rest_logits.detach().argmax(1) == y[k:]).sum())
+            correct += int((rest_logits.detach().argmax(1) == y[~mask]).sum())
     pen_sum = terms.penalty.sum()
     obj = ce_sum * scale_ce + reg.lambda_ * pen_sum * (world_size / global_penalised)
     stats = StepStats(
@@ -220,9 +229,19 @@ def step_objective(
     return obj, stats
 
 
-def penalised_count(n: int, fraction: float) -> int:
-    """How many of ``n`` examples get the penalty: ⌈f·n⌉, at least 1."""
-    return max(1, min(n, math.ceil(fraction * n - 1e-9)))
+def penalty_mask(n: int, fraction: float) -> Tensor:
+    """Which positions of a global batch of ``n`` get the penalty: ⌊f·n⌋ (at least 1), evenly spaced.
+
+    Position p is chosen when ⌊(p+1)·f⌋ > ⌊p·f⌋. The choice depends on the global position
+    only, so it is the same set for any number of DDP ranks and is spread evenly over them.
+    """
+    if fraction >= 1:
+        return torch.ones(n, dtype=torch.bool)
+    pos = torch.arange(n, dtype=torch.float64)
+    mask = torch.floor((pos + 1) * fraction + 1e-9) > torch.floor(pos * fraction + 1e-9)
+    if not bool(mask.any()):
+        mask[0] = True
+    return mask
 
 
 def evaluate_split(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int) -> Tensor:
@@ -387,7 +406,8 @@ def _train(
     model: nn.Module = inner
     if info.enabled:
         model = nn.parallel.DistributedDataParallel(
-            inner, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=True
+            inner,
+            device_ids=[device.index] if device.type == "cuda" else None,
         )
 
     n_train = x_tr.shape[0]
@@ -427,8 +447,8 @@ def _train(
                 idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
                 shards = torch.tensor_split(idx, info.world_size)
                 local = shards[info.rank]
-                sizes = [int(s.numel()) for s in shards]
-                penalised = sum(penalised_count(s, cfg.regularizer.penalty_fraction) for s in sizes)
+                mask = penalty_mask(int(idx.numel()), cfg.regularizer.penalty_fraction)
+                local_mask = torch.tensor_split(mask, info.world_size)[info.rank].to(device)
                 obj, st = step_objective(
                     model,
                     inner,
@@ -436,8 +456,9 @@ def _train(
                     y_tr[local],
                     cfg,
                     global_batch=int(idx.numel()),
-                    global_penalised=penalised,
+                    global_penalised=int(mask.sum()),
                     world_size=info.world_size,
+                    penalised=local_mask,
                 )
                 opt.zero_grad(set_to_none=True)
                 torch.autograd.backward(obj, inputs=params)
