@@ -111,7 +111,8 @@ class _Graph:
         """Input gradients of ⟨cot[m, n], Ψ(x_n)⟩ for every row m, shape (M, N, *x.shape[1:])."""
         shape = (cot.shape[0], *self.x.shape)
         if self.strategy == "vmap":
-            return torch.func.vmap(self._vjp_fn)(cot)[0]
+            grads = torch.func.vmap(self._vjp_fn)(cot)[0]
+            return grads if self.create_graph else grads.detach()
         if not self.logits.requires_grad:  # the output does not depend on x at all
             return self.x.new_zeros(shape)
         if self.strategy == "loop":
@@ -498,8 +499,13 @@ def _saliency(
             riv = _runner_up(logits, tgt)
         else:
             res, _ = _search_nearest(graph, tgt, cand)
-            value = res.margin
-            return _Saliency(res.gradient, value, tgt, res.rival)
+            # where every binarized gradient vanishes (g = 0), report the runner-up's margin
+            ru = _runner_up(logits, tgt)
+            lg = graph.detached_logits()
+            ru_margin = lg.gather(1, tgt[:, None])[:, 0] - lg.gather(1, ru[:, None])[:, 0]
+            found = res.rival >= 0
+            value = torch.where(found, res.margin, ru_margin)
+            return _Saliency(res.gradient, value, tgt, torch.where(found, res.rival, ru))
         grad = graph.vjp((onehot_t - F.one_hot(riv, k).to(logits.dtype)).unsqueeze(0))[0]
         lg = graph.detached_logits()
         value = lg.gather(1, tgt[:, None])[:, 0] - lg.gather(1, riv[:, None])[:, 0]
