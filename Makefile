@@ -24,7 +24,7 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt requirements-lock.txt
 venv: $(STAMP)
 
 data: $(STAMP)
-	$(BIN)/salign data fetch mnist
+	$(BIN)/salign data fetch all
 
 demo: $(STAMP)
 	$(BIN)/salign data fetch mnist
