@@ -321,3 +321,23 @@ def test_penalty_lowers_input_gradient_norm(tmp_path: Path) -> None:
         (g,) = torch.autograd.grad(F.cross_entropy(model(x), data[3], reduction="sum"), x)
         norms.append(float(g.flatten(1).norm(dim=1).mean()))
     assert norms[1] < 0.7 * norms[0]
+
+
+def test_cli_train_overrides_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from salign.cli import main
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "model: {name: relu_mlp, kwargs: {input_shape: [1, 6, 6], hidden: [8], num_classes: 3}}\n"
+        "data: {name: synthetic-gaussian, options: {n: 60, num_classes: 3, shape: [1, 6, 6]}, val_subset: 30}\n"
+        "epochs: 3\nbatch_size: 20\ntensorboard: false\n"
+    )
+    main(["train", str(cfg), "--lambda", "0.25", "--epochs", "1", "--out", str(tmp_path / "run"), "-q"])
+    meta = models.checkpoint.read_metadata(tmp_path / "run" / "checkpoint.safetensors")
+    assert float(meta["lambda"]) == 0.25 and int(meta["epochs"]) == 1
+    assert len((tmp_path / "run" / "train_log.csv").read_text().splitlines()) == 2
+    cfg.write_text(cfg.read_text() + "optimiser: {lr: 1}\n")
+    with pytest.raises(SystemExit) as exc:
+        main(["train", str(cfg), "--out", str(tmp_path / "run2")])
+    assert exc.value.code == 2
+    assert "unknown key 'optimiser'" in capsys.readouterr().err

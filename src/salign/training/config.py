@@ -35,14 +35,22 @@ class ModelConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    """Dataset read with :func:`salign.data.load` (offline)."""
+    """Dataset read with :func:`salign.data.load` (offline).
+
+    ``holdout: 10000`` on MNIST reproduces the authors' split: train on the first 50k official
+    training images (``mnist.pkl.gz``'s train part), validate on the last 10k (its valid part).
+    """
 
     name: str = "mnist"
     train_split: str = "train"
     val_split: str = "test"
     data_dir: str | None = None
+    holdout: int | None = Field(
+        default=None, ge=1, description="validate on the last N train-split images instead of val_split"
+    )
     train_subset: int | None = Field(default=None, ge=1, description="use the first N training images")
     val_subset: int | None = Field(default=1000, ge=1, description="validate on the first N images")
+    options: dict[str, Any] = Field(default_factory=dict, description="extra salign.data.load options")
 
 
 class OptimizerConfig(_Strict):

@@ -86,8 +86,16 @@ def load_data(config: TrainConfig) -> TrainData:
     except ImportError as exc:  # the data package is optional at this layer
         raise DataError(f"salign.data.load is not available ({exc}); pass data=... to train()") from exc
     d = config.data
-    x_tr, y_tr = data_load(d.name, d.train_split, data_dir=d.data_dir)
-    x_va, y_va = data_load(d.name, d.val_split, data_dir=d.data_dir)
+    x_tr, y_tr = data_load(d.name, d.train_split, data_dir=d.data_dir, **d.options)
+    if d.holdout is not None:
+        if d.holdout >= x_tr.shape[0]:
+            raise ConfigError(
+                f"data.holdout {d.holdout} leaves no training images (split has {x_tr.shape[0]})"
+            )
+        x_va, y_va = x_tr[-d.holdout :], y_tr[-d.holdout :]
+        x_tr, y_tr = x_tr[: -d.holdout], y_tr[: -d.holdout]
+    else:
+        x_va, y_va = data_load(d.name, d.val_split, data_dir=d.data_dir, **d.options)
     if d.train_subset is not None:
         x_tr, y_tr = x_tr[: d.train_subset], y_tr[: d.train_subset]
     if d.val_subset is not None:
