@@ -57,13 +57,19 @@ def main(argv: list[str] | None = None) -> None:
         if code is None:
             code = getattr(exc, "code", 0)
         raise SystemExit(code) from None
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            raise SystemExit(exc.exit_code) from None
-        if isinstance(exc, click.exceptions.Abort):
+    except OSError as exc:  # a full disk, a read-only or missing output folder, ...
+        if debug:
+            raise
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(1) from None
+    except Exception as exc:
+        # Usage errors (unknown option, missing argument): click's exceptions, or the copy of
+        # click that typer >= 0.20 vendors as typer._click (no `click` module is installed).
+        # Matched by their interface so both work.
+        if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
+            exc.show()  # type: ignore[attr-defined]
+            raise SystemExit(exc.exit_code) from None  # type: ignore[attr-defined]
+        if isinstance(exc, typer.Abort) or type(exc).__name__ == "Abort":
             typer.echo("aborted", err=True)
             raise SystemExit(1) from None
         raise
