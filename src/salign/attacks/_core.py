@@ -188,14 +188,84 @@ def boundary_search(
     return quantize(x + batch_view(hi, x) * delta, levels), ok
 
 
-def refine(model: nn.Module, tracker: Tracker, steps: int, levels: int | None = None) -> None:
-    """Line search of every found sample's best point onto the boundary (keeps it if no better)."""
-    idx = (tracker.found & (tracker.best_dist > 0)).nonzero().squeeze(1)
-    if steps <= 0 or idx.numel() == 0:
+def refine(
+    model: nn.Module, tracker: Tracker, steps: int, levels: int | None = None, polish_steps: int = 2
+) -> None:
+    """Tighten every found sample's best point: a line search onto the boundary, then
+    ``polish_steps`` rounds of one DeepFool step from x with the gradients taken at the best
+    point (the nearest linearised boundary among the top classes there) followed by a line
+    search along the new direction. A point is only ever replaced by a better verified one."""
+    if steps <= 0:
         return
-    x, labels = tracker.x[idx], tracker.labels[idx]
-    points, ok = boundary_search(model, x, tracker.best_adv[idx], labels, steps, levels)
-    tracker.update(idx, points, l2_norm(points - x), ok)
+    for round_ in range(polish_steps + 1):
+        idx = (tracker.found & (tracker.best_dist > 0)).nonzero().squeeze(1)
+        if idx.numel() == 0:
+            return
+        x, labels, best = tracker.x[idx], tracker.labels[idx], tracker.best_adv[idx]
+        candidate = best if round_ == 0 else _project_on_boundary(model, x, best, labels)
+        points, ok = boundary_search(model, x, candidate, labels, steps, levels)
+        tracker.update(idx, points, l2_norm(points - x), ok)
+
+
+def class_gradients(
+    model: nn.Module, x: Tensor, classes: Tensor, graph: tuple[Tensor, Tensor] | None = None
+) -> tuple[Tensor, Tensor]:
+    """Logits (n, K) at ``x`` and the input gradients (n, k, ...) of the logits of ``classes`` (n, k).
+
+    One forward (skipped when ``graph = (x_leaf, logits)`` of an earlier forward is given), then
+    one backward per column of ``classes`` through the same graph.
+    """
+    with torch.enable_grad():
+        if graph is None:
+            leaf = x.detach().requires_grad_(True)
+            logits = model(leaf)
+        else:
+            leaf, logits = graph
+        picked = logits.gather(1, classes)
+        grads = []
+        for j in range(classes.shape[1]):
+            (g,) = torch.autograd.grad(picked[:, j].sum(), leaf, retain_graph=j + 1 < classes.shape[1])
+            grads.append(g)
+    return logits.detach(), torch.stack(grads, 1)
+
+
+def candidate_classes(logits: Tensor, labels: Tensor, candidates: int) -> Tensor:
+    """(n, k) class indices: the label first, then the ``k − 1`` highest other logits."""
+    k = min(candidates, logits.shape[1])
+    others = logits.scatter(1, labels[:, None], float("-inf")).topk(k - 1, dim=1).indices
+    return torch.cat([labels[:, None], others], 1)
+
+
+def _project_on_boundary(
+    model: nn.Module,
+    x: Tensor,
+    boundary: Tensor,
+    labels: Tensor,
+    overshoot: float = 0.02,
+    candidates: int = 10,
+) -> Tensor:
+    """One DeepFool step from ``x`` using the gradients at the boundary point ``b``: with
+    ``f_k = Ψ_k − Ψ_y`` linearised at ``b``, move x onto the nearest hyperplane
+    ``f_k(b) + ⟨∇f_k(b), p − b⟩ = 0`` (exact for linear models), with a small overshoot, clamped."""
+    b = boundary.detach()
+    with torch.no_grad():
+        logits = model(b)
+    classes = candidate_classes(logits, labels, candidates)
+    z, grads = class_gradients(model, b, classes)
+    with torch.no_grad():
+        zc = z.gather(1, classes)
+        f = zc[:, 1:] - zc[:, :1]
+        w = torch.nan_to_num((grads[:, 1:] - grads[:, :1]).flatten(2), nan=0.0, posinf=0.0, neginf=0.0)
+        w_sq = w.pow(2).sum(2)
+        offset = f + (w * (x - b).flatten(1)[:, None, :]).sum(2)  # linearised f_k at x (< 0 there)
+        dist = offset.abs() / w_sq.sqrt().clamp_min(1e-30)
+        dist = torch.where(w_sq > 0, dist, torch.full_like(dist, float("inf")))
+        best = dist.argmin(1)
+        rows = torch.arange(len(x), device=x.device)
+        w_best, off_best, sq_best = w[rows, best], offset[rows, best], w_sq[rows, best]
+        coef = torch.where(sq_best > 0, -off_best / sq_best.clamp_min(1e-30), torch.zeros_like(sq_best))
+        target = x + (batch_view(coef * (1 + overshoot), x) * w_best.view_as(x))
+        return target.clamp(0, 1)
 
 
 @torch.no_grad()
@@ -295,6 +365,7 @@ def run_attack(
     labels: object,
     *,
     line_search_steps: int,
+    polish_steps: int,
     levels: int | None,
     batch_size: int | None,
     warn: bool = True,
@@ -326,7 +397,7 @@ def run_attack(
                 for key, value in options.items()
             }
             impl(cm, xc, lab, tracker, **chunk_options)
-            refine(cm, tracker, line_search_steps, levels)
+            refine(cm, tracker, line_search_steps, levels, polish_steps)
             verified = verify(cm, xc, tracker.best_adv, lab, clean_class, levels)
             verified["distance"][~attacked] = 0
             verified["success"][~attacked] = True

@@ -159,6 +159,7 @@ def alma(
     start: Tensor | None = None,
     patience: int | None = None,
     line_search_steps: int = 20,
+    polish_steps: int = 2,
     levels: int | None = None,
     batch_size: int | None = None,
 ) -> AttackResult:
@@ -192,6 +193,9 @@ def alma(
         patience: early exit: every ``patience`` steps, a sample whose best distance improved by
             less than 0.1% stops (``None``: run all steps).
         line_search_steps: bisection steps moving the best point onto the boundary (0: off).
+        polish_steps: rounds of the final polish: one DeepFool step from ``x`` with the
+            gradients taken at the best point, then a line search (each round: 1 forward,
+            up to 10 backwards, ``line_search_steps`` forwards per sample; 0 turns it off).
         levels: quantise adversarial points to this many levels and verify after quantisation.
         batch_size: process the inputs in chunks of this size.
 
@@ -208,6 +212,7 @@ def alma(
         x,
         labels,
         line_search_steps=line_search_steps,
+        polish_steps=polish_steps,
         levels=levels,
         batch_size=batch_size,
         patience=patience,

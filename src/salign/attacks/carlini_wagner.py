@@ -87,6 +87,7 @@ def carlini_wagner(
     confidence: float = 0.0,
     abort_early: bool = True,
     line_search_steps: int = 20,
+    polish_steps: int = 2,
     levels: int | None = None,
     batch_size: int | None = None,
 ) -> AttackResult:
@@ -109,6 +110,9 @@ def carlini_wagner(
         abort_early: stop a run for a sample when its loss has not decreased by 0.01% over
             ``steps // 10`` steps.
         line_search_steps: bisection steps moving the best point onto the boundary (0: off).
+        polish_steps: rounds of the final polish: one DeepFool step from ``x`` with the
+            gradients taken at the best point, then a line search (each round: 1 forward,
+            up to 10 backwards, ``line_search_steps`` forwards per sample; 0 turns it off).
         levels: quantise adversarial points to this many levels and verify after quantisation.
         batch_size: process the inputs in chunks of this size.
 
@@ -126,6 +130,7 @@ def carlini_wagner(
         x,
         labels,
         line_search_steps=line_search_steps,
+        polish_steps=polish_steps,
         levels=levels,
         batch_size=batch_size,
         steps=steps,

@@ -17,7 +17,9 @@ from salign.attacks._core import (
     l2_norm,
     run_attack,
 )
+from salign.attacks.fmn import logit_margin
 from salign.attacks.result import AttackResult
+from salign.errors import InputError
 
 
 def _ddn(
@@ -31,6 +33,7 @@ def _ddn(
     init_norm: float = 1.0,
     alpha_init: float = 1.0,
     alpha_final: float = 0.01,
+    loss: str = "ce",
     start: Tensor | None = None,
 ) -> None:
     """DDN iterations on the active samples of ``tracker`` (see :func:`ddn`)."""
@@ -50,7 +53,11 @@ def _ddn(
         xa, lab = x[idx], labels[idx]
         d = delta[idx].requires_grad_(True)
         logits = model(xa + d)
-        (grad,) = torch.autograd.grad(F.cross_entropy(logits, lab, reduction="sum"), d)
+        if loss == "ce":
+            objective = F.cross_entropy(logits, lab, reduction="sum")
+        else:
+            objective = -logit_margin(logits, lab).sum()
+        (grad,) = torch.autograd.grad(objective, d)
         with torch.no_grad():
             d = d.detach()
             is_adv, finite = adversarial(logits, lab)
@@ -75,16 +82,18 @@ def ddn(
     init_norm: float = 1.0,
     alpha_init: float = 1.0,
     alpha_final: float = 0.01,
+    loss: str = "ce",
     start: Tensor | None = None,
     patience: int | None = None,
     line_search_steps: int = 20,
+    polish_steps: int = 2,
     levels: int | None = None,
     batch_size: int | None = None,
 ) -> AttackResult:
     """Decoupled Direction and Norm (DDN) L2 attack (Rony et al., CVPR 2019, Algorithm 1).
 
     Decouples the direction and the norm of the perturbation δ: each step moves δ along the
-    normalised gradient of the cross-entropy of the label, ``δ ← δ + α g/‖g‖``, then rescales it
+    normalised gradient ``g`` of a loss of the label, ``δ ← δ + α g/‖g‖``, then rescales it
     to norm ε, where ε shrinks by ``1 − γ`` after an adversarial point and grows by ``1 + γ``
     otherwise; the step size α follows a cosine schedule from ``alpha_init`` to
     ``alpha_final``. The smallest adversarial point visited is returned (not the last iterate).
@@ -98,11 +107,17 @@ def ddn(
         init_norm: initial ε (1.0 in the paper).
         alpha_init: initial step size (1.0).
         alpha_final: final step size of the cosine schedule (0.01).
+        loss: ``"ce"`` (default): the paper's cross-entropy of the label; ``"margin"``: the
+            logit margin ``max_{j≠y} Ψ_j − Ψ_y`` (never saturates, but only sees the runner-up
+            class, so it can settle on a boundary that is not the nearest).
         start: optional warm start (N, ...): δ starts at ``start − x`` and ε at its norm where
             that norm is positive.
         patience: early exit: every ``patience`` steps, a sample whose best distance improved by
             less than 0.1% stops (``None``: run all steps).
         line_search_steps: bisection steps moving the best point onto the boundary (0: off).
+        polish_steps: rounds of the final polish: one DeepFool step from ``x`` with the
+            gradients taken at the best point, then a line search (each round: 1 forward,
+            up to 10 backwards, ``line_search_steps`` forwards per sample; 0 turns it off).
         levels: quantise adversarial points to this many levels and verify after quantisation.
         batch_size: process the inputs in chunks of this size.
 
@@ -112,6 +127,8 @@ def ddn(
     check_positive(steps, "steps", integer=True)
     check_positive(gamma, "gamma")
     check_positive(init_norm, "init_norm")
+    if loss not in ("margin", "ce"):
+        raise InputError(f"loss must be 'margin' or 'ce', got {loss!r}")
     return run_attack(
         "ddn",
         _ddn,
@@ -119,6 +136,7 @@ def ddn(
         x,
         labels,
         line_search_steps=line_search_steps,
+        polish_steps=polish_steps,
         levels=levels,
         batch_size=batch_size,
         patience=patience,
@@ -127,6 +145,7 @@ def ddn(
         init_norm=init_norm,
         alpha_init=alpha_init,
         alpha_final=alpha_final,
+        loss=loss,
         start=start,
     )
 

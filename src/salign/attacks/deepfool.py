@@ -5,24 +5,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from salign.attacks._core import Tracker, adversarial, check_positive, l2_norm, run_attack
+from salign.attacks._core import (
+    Tracker,
+    adversarial,
+    candidate_classes,
+    check_positive,
+    class_gradients,
+    l2_norm,
+    run_attack,
+)
 from salign.attacks.result import AttackResult
 from salign.errors import InputError
-
-
-def class_gradients(model: nn.Module, x: Tensor, classes: Tensor) -> tuple[Tensor, Tensor]:
-    """Logits of ``classes`` (n, k) and their input gradients (n, k, *x.shape[1:]) at ``x``.
-
-    One forward, then one backward per column of ``classes`` through the same graph.
-    """
-    x = x.detach().requires_grad_(True)
-    logits = model(x)
-    picked = logits.gather(1, classes)
-    grads = []
-    for j in range(classes.shape[1]):
-        (g,) = torch.autograd.grad(picked[:, j].sum(), x, retain_graph=j + 1 < classes.shape[1])
-        grads.append(g)
-    return logits.detach(), torch.stack(grads, 1)
 
 
 def _deepfool(
@@ -42,21 +35,21 @@ def _deepfool(
         if idx.numel() == 0:
             break
         xa, lab = x[idx], labels[idx]
-        point = (xa + (1 + overshoot) * perturbation[idx]).clamp(0, 1)
-        with torch.no_grad():
-            logits = model(point)
+        leaf = (xa + (1 + overshoot) * perturbation[idx]).clamp(0, 1).requires_grad_(True)
+        graph_logits = model(leaf)
+        logits, point = graph_logits.detach(), leaf.detach()
         is_adv, finite = adversarial(logits, lab)
         tracker.update(idx, point, l2_norm(point - xa), is_adv, finite)
         tracker.active[idx[is_adv | ~finite]] = False
         keep = ~is_adv & finite
         if not bool(keep.any()):
             break
+        graph = None
+        if bool(keep.all()):  # reuse this forward's graph; otherwise one forward of the rest
+            graph = (leaf, graph_logits)
         idx, xa, lab, point, logits = idx[keep], xa[keep], lab[keep], point[keep], logits[keep]
-        k = min(candidates, logits.shape[1])
-        # candidate classes: the label first, then the top-k other logits
-        others = logits.scatter(1, lab[:, None], float("-inf")).topk(k - 1, dim=1).indices
-        classes = torch.cat([lab[:, None], others], 1)
-        z, grads = class_gradients(model, point, classes)
+        classes = candidate_classes(logits, lab, candidates)
+        z, grads = class_gradients(model, point, classes, graph)
         zc = z.gather(1, classes)
         f = zc[:, 1:] - zc[:, :1]  # f_k = z_k − z_label < 0 while not adversarial
         w = (grads[:, 1:] - grads[:, :1]).flatten(2)  # w_k = ∇z_k − ∇z_label
@@ -86,6 +79,7 @@ def deepfool(
     overshoot: float = 0.02,
     candidates: int = 10,
     line_search_steps: int = 20,
+    polish_steps: int = 2,
     levels: int | None = None,
     batch_size: int | None = None,
 ) -> AttackResult:
@@ -107,6 +101,9 @@ def deepfool(
         candidates: number of classes considered per step (label + top other logits).
         line_search_steps: bisection steps on the segment from ``x`` to the best adversarial
             point, moving it onto the boundary (0 turns it off).
+        polish_steps: rounds of the final polish: one DeepFool step from ``x`` with the
+            gradients taken at the best point, then a line search (each round: 1 forward,
+            up to 10 backwards, ``line_search_steps`` forwards per sample; 0 turns it off).
         levels: if given, adversarial points are quantised to this many levels (e.g. 256) and
             verified after quantisation.
         batch_size: process the inputs in chunks of this size.
@@ -126,6 +123,7 @@ def deepfool(
         x,
         labels,
         line_search_steps=line_search_steps,
+        polish_steps=polish_steps,
         levels=levels,
         batch_size=batch_size,
         steps=steps,

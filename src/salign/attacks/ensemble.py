@@ -71,6 +71,7 @@ def _attack_chunk(
     steps: int,
     patience: int | None,
     line_search_steps: int,
+    polish_steps: int,
     levels: int | None,
     bar: Any,
 ) -> AttackResult:
@@ -97,7 +98,7 @@ def _attack_chunk(
         if warm and bool(torch.isfinite(best_dist).any()):
             options["start"] = best_adv
         impl(cm, x, labels, tracker, **options)
-        refine(cm, tracker, line_search_steps, levels)
+        refine(cm, tracker, line_search_steps, levels, polish_steps)
         verified = verify(cm, x, tracker.best_adv, labels, clean_class, levels)
         verified["distance"][~attacked] = 0
         verified["success"][~attacked] = True
@@ -162,6 +163,7 @@ def robustness(
     quiet: bool | None = None,
     patience: int | str | None = "auto",
     line_search_steps: int = 20,
+    polish_steps: int = 2,
     levels: int | None = None,
 ) -> AttackResult:
     """Robustness ρ(x): the L2 distance to the nearest decision boundary, as the per-sample
@@ -189,6 +191,8 @@ def robustness(
         patience: early-exit window in steps (``"auto"``: a tenth of the steps, at least 10;
             ``None``: off).
         line_search_steps: bisection steps moving each best point onto the boundary.
+        polish_steps: rounds of the final polish after each attack (a DeepFool step from x
+            with the gradients at the best point, then a line search; 0 turns it off).
         levels: quantise adversarial points to this many levels (e.g. 256) and verify after
             quantisation.
 
@@ -238,6 +242,7 @@ def robustness(
                     steps,
                     patience,  # type: ignore[arg-type]
                     line_search_steps,
+                    polish_steps,
                     levels,
                     bar,
                 )

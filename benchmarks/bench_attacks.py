@@ -1,0 +1,291 @@
+"""Benchmark: quality and cost of salign.attacks against foolbox 3.3.4 on MNIST SmallNets.
+
+Trains (once, cached in benchmarks/.cache/) two SmallNets with a short plain PyTorch loop: one
+with plain cross-entropy (λ = 0) and one with the double-backprop input-gradient penalty. On the
+first ``--n`` MNIST test images it runs, side by side in one process:
+
+* ours: ``robustness`` (standard and fast budgets), DDN / FMN / ALMA alone at ``--steps``,
+  DeepFool, C&W;
+* foolbox 3.3.4: DDN, FMN, C&W (binary search) at the same total steps, DeepFool;
+
+every model call going through the same counting wrapper (forwards / backwards per sample).
+Distances of foolbox's results are verified the same way as ours (re-forward the clipped point).
+Quality = median distance ÷ median of the per-sample best over everything ("envelope").
+Cost = wall time ratios at equal steps, and the time to reach a median within 1% of the
+envelope's (for foolbox DDN/FMN by a sweep over steps).
+
+    .venv/bin/python benchmarks/bench_attacks.py            # n=200, steps=1000 (slow on a CPU)
+    .venv/bin/python benchmarks/bench_attacks.py --quick    # n=40, steps=200
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+import salign
+from salign.attacks import CountingModel, alma, carlini_wagner, ddn, deepfool, fmn, robustness
+from salign.models import build, load, save
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = ROOT / "benchmarks" / ".cache"
+DOC = ROOT / "docs" / "benchmarks" / "attacks.md"
+
+
+def train_smallnet(lam: float, *, epochs: int, seed: int) -> torch.nn.Module:
+    """Plain Adam training on MNIST (batch 100); λ > 0 adds λ·mean‖∇_x CE‖₂² (double backprop)."""
+    from salign.training import gradient_norm_penalty
+
+    torch.manual_seed(seed)
+    x, y = salign.data.load("mnist", "train")
+    model = build("smallnet")
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    for epoch in range(epochs):
+        perm = torch.randperm(len(x))
+        for i in range(0, len(x), 100):
+            idx = perm[i : i + 100]
+            xb, yb = x[idx], y[idx]
+            if lam > 0:
+                penalty, ce = gradient_norm_penalty(model, xb, yb, return_loss=True)
+                loss = ce + lam * penalty
+            else:
+                loss = F.cross_entropy(model(xb), yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        print(f"  trained epoch {epoch + 1}/{epochs} (λ={lam})", file=sys.stderr)
+    return model.eval()
+
+
+def get_model(lam: float, epochs: int) -> torch.nn.Module:
+    path = CACHE / f"smallnet_lam{lam:g}_ep{epochs}.safetensors"
+    if not path.exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        save(train_smallnet(lam, epochs=epochs, seed=0), path, metadata={"lambda": lam, "epochs": epochs})
+    return load(path).eval()
+
+
+def verified_distance(
+    model: torch.nn.Module, x: torch.Tensor, adv: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    with torch.no_grad():
+        adv = adv.clamp(0, 1)
+        ok = model(adv).argmax(1) != labels
+        d = (adv - x).flatten(1).norm(dim=1)
+    return torch.where(ok, d, torch.full_like(d, math.inf))
+
+
+def run_foolbox(attack: Any, model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+    import foolbox as fb
+
+    cm = CountingModel(model)
+    fmodel = fb.PyTorchModel(cm, bounds=(0, 1))
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, clipped, _ = attack(fmodel, x, labels, epsilons=None)
+    seconds = time.perf_counter() - start
+    return {
+        "distance": verified_distance(model, x, clipped, labels),
+        "seconds": seconds,
+        "forwards": cm.forwards,
+        "backwards": cm.backwards,
+    }
+
+
+def ours(fn: Any, model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor, **kw: Any) -> dict[str, Any]:
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = fn(model, x, labels, **kw)
+    seconds = time.perf_counter() - start
+    return {"distance": r.distance, "seconds": seconds, "forwards": r.forwards, "backwards": r.backwards}
+
+
+def median(d: torch.Tensor) -> float:
+    return float(d.double().median())
+
+
+def bench_model(
+    name: str, model: torch.nn.Module, x: torch.Tensor, steps: int, sweep: list[int]
+) -> dict[str, Any]:
+    import foolbox as fb
+
+    with torch.no_grad():
+        labels = model(x).argmax(1)
+    runs: dict[str, dict[str, Any]] = {}
+    cw_rounds = 5
+
+    def add(key: str, res: dict[str, Any]) -> None:
+        runs[key] = res
+        print(
+            f"  {name:10s} {key:28s} median {median(res['distance']):.4f}  {res['seconds']:7.1f}s  "
+            f"fwd/sample {res['forwards'] / len(x):7.1f}",
+            file=sys.stderr,
+        )
+
+    add(
+        "ours robustness standard",
+        ours(robustness, model, x, labels, budget="standard", steps=steps, quiet=True),
+    )
+    add("ours robustness fast", ours(robustness, model, x, labels, budget="fast", quiet=True))
+    add("ours deepfool", ours(deepfool, model, x, labels))
+    add(f"ours ddn {steps}", ours(ddn, model, x, labels, steps=steps))
+    add(f"fb ddn {steps}", run_foolbox(fb.attacks.DDNAttack(steps=steps), model, x, labels))
+    add(f"ours fmn {steps}", ours(fmn, model, x, labels, steps=steps))
+    add(f"fb fmn {steps}", run_foolbox(fb.attacks.L2FMNAttack(steps=steps), model, x, labels))
+    add(f"ours alma {steps}", ours(alma, model, x, labels, steps=steps))
+    add("fb deepfool", run_foolbox(fb.attacks.L2DeepFoolAttack(steps=50), model, x, labels))
+    add(
+        f"fb cw {cw_rounds}x{steps // cw_rounds}",
+        run_foolbox(
+            fb.attacks.L2CarliniWagnerAttack(
+                binary_search_steps=cw_rounds, steps=steps // cw_rounds, initial_const=0.1
+            ),
+            model,
+            x,
+            labels,
+        ),
+    )
+    add(
+        f"ours cw {cw_rounds}x{steps // cw_rounds}",
+        ours(
+            carlini_wagner,
+            model,
+            x,
+            labels,
+            binary_search_steps=cw_rounds,
+            steps=steps // cw_rounds,
+            initial_const=0.1,
+        ),
+    )
+    for s in sweep:
+        add(f"fb ddn {s}", run_foolbox(fb.attacks.DDNAttack(steps=s), model, x, labels))
+        add(f"fb fmn {s}", run_foolbox(fb.attacks.L2FMNAttack(steps=s), model, x, labels))
+    envelope = torch.stack([r["distance"] for r in runs.values()]).amin(0)
+    return {"runs": runs, "envelope": envelope, "labels": labels}
+
+
+def table(name: str, out: dict[str, Any], n: int, steps: int) -> tuple[list[str], dict[str, float]]:
+    runs, env = out["runs"], out["envelope"]
+    env_med = median(env)
+    lines = [
+        f"### {name}: n = {n}, median of the per-sample best (envelope) = {env_med:.4f}",
+        "",
+        "| attack | median ρ | ÷ envelope median | within 1% of per-sample best | success | fwd/sample | bwd/sample | seconds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for key, r in runs.items():
+        d = r["distance"]
+        within = float((d <= env * 1.01).float().mean())
+        lines.append(
+            f"| {key} | {median(d):.4f} | {median(d) / env_med:.4f} | {within:.1%} | "
+            f"{float(torch.isfinite(d).float().mean()):.1%} | {r['forwards'] / n:.0f} | {r['backwards'] / n:.0f} | "
+            f"{r['seconds']:.1f} |"
+        )
+    sec = {k: r["seconds"] for k, r in runs.items()}
+    ratios = {
+        "ddn_time_ratio": sec[f"ours ddn {steps}"] / sec[f"fb ddn {steps}"],
+        "fmn_time_ratio": sec[f"ours fmn {steps}"] / sec[f"fb fmn {steps}"],
+        "standard_quality": median(runs["ours robustness standard"]["distance"]) / env_med,
+        "ddn_quality": median(runs[f"ours ddn {steps}"]["distance"]) / env_med,
+        "fmn_quality": median(runs[f"ours fmn {steps}"]["distance"]) / env_med,
+        "alma_quality": median(runs[f"ours alma {steps}"]["distance"]) / env_med,
+    }
+    # time to a median within 1% of the envelope's median
+    reach = {k: r["seconds"] for k, r in runs.items() if median(r["distance"]) <= 1.01 * env_med}
+    ours_reach = {k: s for k, s in reach.items() if k.startswith("ours")}
+    fb_reach = {k: s for k, s in reach.items() if k.startswith("fb")}
+    best_ours = min(ours_reach.items(), key=lambda kv: kv[1]) if ours_reach else None
+    best_fb = min(fb_reach.items(), key=lambda kv: kv[1]) if fb_reach else None
+    lines.append("")
+    lines.append(
+        f"Time to a median within 1% of the envelope: ours {best_ours[0] if best_ours else 'never'} "
+        f"({best_ours[1] if best_ours else float('nan'):.1f} s), foolbox {best_fb[0] if best_fb else 'never'} "
+        f"({best_fb[1] if best_fb else float('nan'):.1f} s)."
+    )
+    if best_ours and best_fb:
+        ratios["time_to_1pct_ratio"] = best_ours[1] / best_fb[1]
+    lines.append("")
+    return lines, ratios
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--n", type=int, default=200)
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--sweep", type=str, default="100,300", help="extra foolbox DDN/FMN step counts")
+    parser.add_argument("--lam", type=float, default=1.0, help="penalty weight of the regularised model")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--models", type=str, default="plain,gradreg")
+    parser.add_argument("--quick", action="store_true", help="n=40, steps=200, sweep 50")
+    parser.add_argument("--out", type=Path, default=DOC)
+    args = parser.parse_args()
+    if args.quick:
+        args.n, args.steps, args.sweep = 40, 200, "50"
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    sweep = [int(s) for s in args.sweep.split(",") if s]
+    x_all, _ = salign.data.load("mnist", "test")
+    x = x_all[: args.n]
+    lines: list[str] = []
+    summary: dict[str, dict[str, float]] = {}
+    for name in args.models.split(","):
+        lam = 0.0 if name == "plain" else args.lam
+        model = get_model(lam, args.epochs)
+        out = bench_model(name, model, x, args.steps, sweep)
+        body, ratios = table(f"SmallNet {name} (λ = {lam:g})", out, args.n, args.steps)
+        lines += body
+        summary[name] = ratios
+    cmd = "  ".join([".venv/bin/python benchmarks/bench_attacks.py", *sys.argv[1:]])
+    head = [
+        "# Attacks: quality and cost vs foolbox 3.3.4",
+        "",
+        f"Command: `{cmd.strip()}`  ",
+        f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; torch {torch.__version__}, "
+        f"{args.threads} thread(s), {platform.processor() or platform.machine()} (shared, loaded CPU: "
+        "timings are noisy).",
+        "",
+        "Distances are verified by re-forwarding the clipped point for every attack; labels = predicted "
+        "class (the paper's ρ). `fwd/bwd per sample` are counted by one wrapper around the model "
+        f"for every attack. Steps = {args.steps}; foolbox C&W runs 5 binary-search steps × {args.steps // 5} "
+        "steps (initial c = 0.1).",
+        "",
+        "## Summary (goals in brackets)",
+        "",
+        "| model | ensemble ÷ env. [≤1.01] | DDN [≤1.03] | FMN [≤1.03] | ALMA [≤1.03] | DDN time ÷ fb [≤0.8] | "
+        "FMN time ÷ fb [≤0.8] | time to 1% ÷ fastest fb [≤0.33] |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in summary.items():
+        head.append(
+            f"| {name} | {r['standard_quality']:.4f} | {r['ddn_quality']:.4f} | {r['fmn_quality']:.4f} | "
+            f"{r['alma_quality']:.4f} | {r['ddn_time_ratio']:.2f} | {r['fmn_time_ratio']:.2f} | "
+            f"{r.get('time_to_1pct_ratio', float('nan')):.2f} |"
+        )
+    text = "\n".join([*head, "", *lines])
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    from salign._io import write_text_atomic
+
+    write_text_atomic(args.out, text + "\n")
+    print(json.dumps(summary, indent=1), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

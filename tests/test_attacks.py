@@ -1,0 +1,253 @@
+"""salign.attacks: exactness on linear models, verified success, costs, bad inputs, foolbox."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import salign
+from _attacks_helpers import GradModeLiar, Noisy, OutsideBoxOnly, WrongShape, linear_problem
+from salign.attacks import AttackResult, alma, carlini_wagner, ddn, deepfool, fmn, robustness
+from salign.errors import InputError, InputTypeError, ModelOutputError
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # the attack loops run many small ops: on a loaded 2-core machine one thread is much faster
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+ATTACK_FNS = {"deepfool": deepfool, "ddn": ddn, "fmn": fmn, "alma": alma, "carlini_wagner": carlini_wagner}
+
+
+def _quiet(fn, *args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fn(*args, **kwargs)
+
+
+# --- exactness on geometry with a closed form --------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("name", list(ATTACK_FNS))
+def test_each_attack_finds_linear_rho_within_half_percent(name: str, dtype: torch.dtype) -> None:
+    model, x, rho = linear_problem(dtype=dtype)
+    steps = {"deepfool": 50, "carlini_wagner": 200}.get(name, 1000)  # standard budget
+    kwargs = {"binary_search_steps": 5} if name == "carlini_wagner" else {}
+    res = ATTACK_FNS[name](model, x, steps=steps, **kwargs)
+    assert isinstance(res, AttackResult)
+    assert bool(res.success.all())
+    rel = res.distance.double() / rho.double() - 1
+    assert float(rel.min()) > -1e-4  # never below the true distance (verified points)
+    assert float(rel.max()) < 5e-3
+    assert res.adv.dtype == dtype
+    # distance is the true distance of the returned point, which is adversarial
+    torch.testing.assert_close(res.distance, (res.adv - x).flatten(1).norm(dim=1))
+    assert bool((model(res.adv).argmax(1) != model(x).argmax(1)).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_robustness_linear_within_a_tenth_of_a_percent(dtype: torch.dtype) -> None:
+    model, x, rho = linear_problem(n=8, dtype=dtype, seed=1)
+    res = robustness(model, x, quiet=True)
+    rel = res.distance.double() / rho.double() - 1
+    assert float(rel.abs().max()) < 1e-3
+    assert set(res.per_attack) == {"deepfool", "ddn", "fmn", "alma"}
+    stacked = torch.stack([r.distance for r in res.per_attack.values()])
+    torch.testing.assert_close(res.distance, stacked.amin(0))
+    assert all(name in res.per_attack for name in res.best_attack)
+    assert res.flags["not_found"] == 0 and res.flags["worse_than_deepfool"] == 0
+    assert res.forwards == sum(r.forwards for r in res.per_attack.values()) + len(x)  # + clean forward
+    assert res.backwards == sum(r.backwards for r in res.per_attack.values())
+
+
+def test_robustness_is_reexported_from_salign() -> None:
+    assert salign.robustness is robustness
+    assert salign.AttackResult is AttackResult
+
+
+# --- verified success ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["deepfool", "ddn", "fmn", "alma"])
+def test_grad_mode_liar_is_reported_as_not_found(name: str) -> None:
+    torch.manual_seed(0)
+    model = GradModeLiar(16).double()
+    model.fc.weight.data.normal_()
+    model.fc.bias.data.zero_()
+    x = torch.full((4, 16), 0.5, dtype=torch.float64)
+    labels = torch.zeros(4, dtype=torch.long)
+    with pytest.warns(RuntimeWarning, match="no verified adversarial"):
+        res = ATTACK_FNS[name](model, x, labels, steps=20)
+    assert not bool(res.success.any())
+    assert bool(torch.isinf(res.distance).all())
+    torch.testing.assert_close(res.adv, x)
+    assert res.flags["not_found"] == 4
+
+
+def test_outside_box_only_model_is_not_fooled() -> None:
+    x = torch.full((3, 10), 0.9, dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match="success rate below 100%"):
+        res = robustness(OutsideBoxOnly(), x, steps=30, quiet=True)
+    assert not bool(res.success.any())
+    assert res.flags["not_found"] == 3
+    assert bool(((res.adv >= 0) & (res.adv <= 1)).all())
+
+
+def test_quantised_points_are_verified_after_quantisation() -> None:
+    model, x, rho = linear_problem(n=5, seed=2)
+    x = (x * 255).round() / 255  # 8-bit inputs
+    rho = salign.attacks.deepfool(model, x).distance  # ρ of the quantised inputs (DeepFool is exact here)
+    res = _quiet(robustness, model, x, levels=256, steps=100, quiet=True)
+    grid = res.adv * 255
+    torch.testing.assert_close(grid, grid.round())
+    assert bool(res.success.all())
+    assert bool((model(res.adv).argmax(1) != model(x).argmax(1)).all())
+    assert bool((res.distance >= rho * (1 - 1e-9)).all())
+    assert bool((res.distance <= rho + 2 * 2**0.5 * x[0].numel() ** 0.5 / 255).all())
+
+
+def test_nondeterministic_model_is_flagged() -> None:
+    x = torch.full((6, 8), 0.5)
+    with pytest.warns(RuntimeWarning, match="non-deterministic"), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*zero input gradients")
+        res = ddn(Noisy(), x, torch.zeros(6, dtype=torch.long), steps=5)
+    assert res.flags["nondeterministic"] > 0
+
+
+# --- costs, labels, chunking, warm start ------------------------------------------------------
+
+
+def test_counts_are_exact_forward_and_backward_passes() -> None:
+    model, x, _ = linear_problem(n=4)
+    n = len(x)
+    res = ddn(model, x, steps=30, line_search_steps=7, polish_steps=0)
+    assert res.backwards == n * 30
+    assert res.forwards == n * (1 + 30 + 7 + 2)  # clean + steps + line search + 2 verification
+    res = ddn(model, x, steps=30, line_search_steps=7, polish_steps=1)
+    # polish: 1 forward to rank classes, 1 forward + 5 backwards (all 5 classes), 7 line search
+    assert res.backwards == n * (30 + 5)
+    assert res.forwards == n * (1 + 30 + 7 + 1 + 1 + 7 + 2)
+    res = deepfool(model, x, candidates=3, polish_steps=0)
+    # one step is exact for a linear model: 2 forwards (start, adversarial), 3 backwards
+    assert res.backwards == n * 3
+    assert res.forwards == n * (1 + 2 + 20 + 2)  # + line search and verification
+
+
+def test_labels_true_labels_and_misclassified_samples() -> None:
+    model, x, rho = linear_problem(n=4, seed=3)
+    pred = model(x).argmax(1)
+    wrong = (pred + 1) % 5
+    labels = torch.where(torch.arange(4) < 2, pred, wrong)
+    res = robustness(model, x, labels, steps=50, quiet=True)
+    assert res.distance[2:].eq(0).all() and res.success[2:].all()
+    torch.testing.assert_close(res.distance[:2], rho[:2], rtol=1e-3, atol=0)
+    torch.testing.assert_close(res.labels, labels)
+
+
+def test_chunking_gives_the_same_result() -> None:
+    model, x, _ = linear_problem(n=6, seed=4)
+    whole = fmn(model, x, steps=60)
+    parts = fmn(model, x, steps=60, batch_size=4)
+    torch.testing.assert_close(whole.distance, parts.distance)
+    assert parts.forwards == whole.forwards
+    ens = robustness(model, x, steps=60, batch_size=4, quiet=True)
+    assert len(ens.best_attack) == 6 and ens.per_attack["ddn"].distance.shape == (6,)
+
+
+def test_early_exit_saves_passes_without_losing_quality() -> None:
+    model, x, rho = linear_problem(n=6, seed=5)
+    full = ddn(model, x, steps=400)
+    early = ddn(model, x, steps=400, patience=20)
+    assert early.backwards < full.backwards / 2
+    assert float((early.distance / rho).max()) < 1.005
+
+
+def test_warm_start_never_loses_the_start_point() -> None:
+    model, x, _ = linear_problem(n=5, seed=6)
+    df = deepfool(model, x)
+    for fn in (ddn, fmn, alma):
+        res = fn(model, x, steps=5, start=df.adv)
+        assert bool((res.distance <= df.distance * (1 + 1e-9)).all())
+
+
+# --- bad inputs and model state -----------------------------------------------------------------
+
+
+def test_bad_inputs_raise_clear_errors() -> None:
+    model, x, _ = linear_problem(n=3)
+    with pytest.raises(InputError, match="x must be in"):
+        ddn(model, x + 1.0, steps=2)
+    bad = x.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(InputError, match="NaN"):
+        robustness(model, bad, steps=2, quiet=True)
+    with pytest.raises(InputError, match="labels must be in"):
+        fmn(model, x, torch.tensor([0, 1, 7]), steps=2)
+    with pytest.raises(InputError, match="labels must have shape"):
+        fmn(model, x, torch.tensor([0, 1]), steps=2)
+    with pytest.raises(InputTypeError):
+        alma(model, x.numpy(), steps=2)  # type: ignore[arg-type]
+    with pytest.raises(ModelOutputError, match="shape"):
+        ddn(WrongShape(), x, steps=2)
+    with pytest.raises(InputError, match="unknown attack"):
+        robustness(model, x, attacks=("ddn", "pgd"))
+    with pytest.raises(InputError, match="budget"):
+        robustness(model, x, budget="huge")
+    with pytest.raises(InputError, match="steps"):
+        ddn(model, x, steps=0)
+    with pytest.raises(InputError, match="start"):
+        ddn(model, x, steps=2, start=x[:2])
+
+
+def test_model_mode_and_requires_grad_flags_are_restored() -> None:
+    model = salign.models.build("relu_mlp", input_shape=(1, 6, 6), hidden=(16,), num_classes=4)
+    model.train()
+    model.net[0].eval()
+    model.net[1].weight.requires_grad_(False)
+    before_modes = [m.training for m in model.modules()]
+    before_flags = [p.requires_grad for p in model.parameters()]
+    x = torch.rand(3, 1, 6, 6)
+    _quiet(robustness, model, x, steps=5, quiet=True)
+    _quiet(carlini_wagner, model, x, steps=5, binary_search_steps=2)
+    assert [m.training for m in model.modules()] == before_modes
+    assert [p.requires_grad for p in model.parameters()] == before_flags
+    assert all(p.grad is None for p in model.parameters())
+
+
+# --- cross-check against foolbox 3.3.4 ----------------------------------------------------------
+
+
+def _tiny_trained_mlp() -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    x, y = salign.data.synthetic_gaussians(200, num_classes=3, shape=(1, 6, 6), seed=0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(36, 32), nn.ReLU(), nn.Linear(32, 3))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(100):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model.eval(), x[:12]
+
+
+def test_ddn_and_fmn_match_or_beat_foolbox() -> None:
+    fb = pytest.importorskip("foolbox")
+    model, x = _tiny_trained_mlp()
+    labels = model(x).argmax(1)
+    fmodel = fb.PyTorchModel(model, bounds=(0, 1))
+    for ours_fn, theirs in ((ddn, fb.attacks.DDNAttack(steps=100)), (fmn, fb.attacks.L2FMNAttack(steps=100))):
+        ours = ours_fn(model, x, labels, steps=100)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _, clipped, is_adv = theirs(fmodel, x, labels, epsilons=None)
+        d_fb = torch.where(is_adv, (clipped - x).flatten(1).norm(dim=1), torch.full((len(x),), float("inf")))
+        assert bool(ours.success.all())
+        assert float(ours.distance.median()) <= 1.05 * float(d_fb.median())
+        assert bool((ours.distance <= d_fb * 1.05).float().mean() >= 0.9)
