@@ -168,15 +168,25 @@ def gradient_direction(grad: Tensor, tracker: Tracker, idx: Tensor) -> Tensor:
 
 @torch.no_grad()
 def boundary_search(
-    model: nn.Module, x: Tensor, adv: Tensor, labels: Tensor, steps: int, levels: int | None = None
+    model: nn.Module,
+    x: Tensor,
+    adv: Tensor,
+    labels: Tensor,
+    steps: int,
+    levels: int | None = None,
+    endpoint_adversarial: bool | None = False,
 ) -> tuple[Tensor, Tensor]:
     """Bisect on the segment from ``x`` to the adversarial ``adv`` for the adversarial point
     closest to ``x``: returns (points, is_adversarial). ``steps`` forwards; with ``levels`` the
-    candidate points are quantised first, so the result stays adversarial after quantisation."""
+    candidate points are quantised first, so the result stays adversarial after quantisation.
+    ``endpoint_adversarial``: what is known about ``adv`` itself (``None``: check it, 1 forward)."""
     n = x.shape[0]
     lo = torch.zeros(n, device=x.device, dtype=x.dtype)
     hi = torch.ones(n, device=x.device, dtype=x.dtype)
-    ok = torch.zeros(n, dtype=torch.bool, device=x.device)
+    if endpoint_adversarial is None:
+        ok, _ = adversarial(model(quantize(adv, levels)), labels)
+    else:
+        ok = torch.full((n,), endpoint_adversarial, dtype=torch.bool, device=x.device)
     delta = adv - x
     for _ in range(steps):
         mid = (lo + hi) / 2
@@ -203,7 +213,13 @@ def refine(
             return
         x, labels, best = tracker.x[idx], tracker.labels[idx], tracker.best_adv[idx]
         candidate = best if round_ == 0 else _project_on_boundary(model, x, best, labels)
-        points, ok = boundary_search(model, x, candidate, labels, steps, levels)
+        # the best points are known to be adversarial, unless they still have to be quantised
+        known = (None if levels is not None else True) if round_ == 0 else False
+        points, ok = boundary_search(model, x, candidate, labels, steps, levels, known)
+        if round_ == 0 and levels is not None:
+            # the iterates were not quantised: replace every best point by its quantised
+            # line-search result (or drop it), so that only quantised points compete
+            tracker.best_dist[idx] = float("inf")
         tracker.update(idx, points, l2_norm(points - x), ok)
 
 

@@ -48,7 +48,9 @@ def _fmn(
     if start is not None:
         warm = (l2_norm(start - x) > 0) & tracker.active
         if bool(warm.any()):
-            points, ok = boundary_search(model, x[warm], start[warm], labels[warm], start_search_steps)
+            points, ok = boundary_search(
+                model, x[warm], start[warm], labels[warm], start_search_steps, endpoint_adversarial=True
+            )
             rows = warm.nonzero().squeeze(1)[ok]
             delta[rows] = points[ok] - x[rows]
     eps = torch.full((n,), float("inf"), device=x.device, dtype=x.dtype)
