@@ -27,7 +27,11 @@ BETA = "effective_bias"
 GRAD_NORM = "grad_norm"
 BIN_GRAD_NORM = "binarized_grad_norm"
 HOMOGENEOUS = "homogeneous_fraction"
-MARGIN = "logit_margin"
+#: Ψ^{i*} − Ψ^{j} for the binarized rival j (``logit_margin`` is against the runner-up).
+MARGIN = "margin"
+LOGIT_MARGIN = "logit_margin"
+#: |β_j| / ‖g‖ as computed by salign.analyze.
+BIAS_DISTANCE = "bias_distance"
 RIVAL_NEAREST = "rival_nearest"
 RIVAL_RUNNER_UP = "rival_runner_up"
 RHO = "rho"
@@ -71,6 +75,8 @@ def add_derived(frame: Any) -> Any:
     from salign.report.stats import bound_holds
 
     out = frame.copy()
+    if BIAS_RATIO not in out and BIAS_DISTANCE in out:
+        out[BIAS_RATIO] = out[BIAS_DISTANCE].to_numpy(dtype=np.float64)
     if BIAS_RATIO not in out and BETA in out and (BIN_GRAD_NORM in out or MARGIN in out):
         with np.errstate(divide="ignore", invalid="ignore"):
             out[BIAS_RATIO] = np.abs(out[BETA].to_numpy(dtype=np.float64)) / binarized_gradient_norm(out)

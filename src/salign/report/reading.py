@@ -14,6 +14,15 @@ def _fmt_ci(row: Any, key: str) -> str:
     return f"{row[key]:.2f} [{row[key + '_low']:.2f}, {row[key + '_high']:.2f}]"
 
 
+def _change(a: float, b: float) -> str:
+    """ "rose 3.1×" / "fell 2.0×" / "stayed at" for a change from b to a."""
+    if not (b > 0 and a > 0 and np.isfinite(a) and np.isfinite(b)):
+        return "changed"
+    if a >= b:
+        return f"rose {a / b:.1f}×"
+    return f"fell {b / a:.1f}×"
+
+
 def _ratio(a: float, b: float) -> str:
     if b > 0 and np.isfinite(a) and np.isfinite(b):
         return f"{a / b:.1f}×"
@@ -28,6 +37,13 @@ def _monotone(values: list[float]) -> str:
         return "decreasing at every step"
     ups = int(np.sum(diffs > 0))
     return f"not monotone ({ups} of {len(diffs)} steps up)"
+
+
+def _model_label(tag: object) -> str:
+    try:
+        return f"λ={float(str(tag)):g}"
+    except ValueError:
+        return str(tag)
 
 
 def is_increasing(values: list[float]) -> bool:
@@ -47,10 +63,10 @@ def reading(summary: Any, *, level: float = 0.95) -> list[str]:
         a_med = list(sweep["alpha_median"])
         r_med = list(sweep["rho_median"])
         out.append(
-            f"Across {len(sweep)} models (λ = {', '.join(f'{v:g}' for v in sweep['lambda'])}), median α rose "
-            f"{_ratio(last['alpha_median'], first['alpha_median'])} from λ={lam0} to λ={lam1} "
-            f"({first['alpha_median']:.3g} → {last['alpha_median']:.3g}; {_monotone(a_med)}) and median ρ rose "
-            f"{_ratio(last['rho_median'], first['rho_median'])} ({first['rho_median']:.3g} → "
+            f"Across {len(sweep)} models (λ = {', '.join(f'{v:g}' for v in sweep['lambda'])}), median α "
+            f"{_change(last['alpha_median'], first['alpha_median'])} from λ={lam0} to λ={lam1} "
+            f"({first['alpha_median']:.3g} → {last['alpha_median']:.3g}; {_monotone(a_med)}) and median ρ "
+            f"{_change(last['rho_median'], first['rho_median'])} ({first['rho_median']:.3g} → "
             f"{last['rho_median']:.3g}; {_monotone(r_med)})."
         )
         acc0, acc1 = first.get("accuracy", math.nan), last.get("accuracy", math.nan)
@@ -104,7 +120,7 @@ def reading(summary: Any, *, level: float = 0.95) -> list[str]:
         hom = rows["homogeneous_median"].to_numpy(dtype=float) if "homogeneous_median" in rows else None
         text = (
             f"The effective-bias slack |β_{{j*}}|/‖g‖ has a median of {', '.join(f'{v:.2f}' for v in rel)} × the median ρ̃ "
-            f"({', '.join(str(m) for m in rows['model'])})"
+            f"({', '.join(_model_label(m) for m in rows['model'])})"
         )
         if hom is not None:
             text += f"; the median homogeneous fraction ⟨x,g⟩/(Ψ^{{i*}}−Ψ^{{j*}}) is {', '.join(f'{v:.2f}' for v in hom)}"

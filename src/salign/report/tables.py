@@ -58,8 +58,11 @@ def summary_row(
     row["accuracy_n"] = meta.get("accuracy_n", float("nan"))
     if "top5" in meta:
         row["top5"] = meta["top5"]
+    labelled = frame[frame[C.LABEL] >= 0] if C.LABEL in frame else frame
     row["accuracy_eval"] = (
-        float(frame[C.CORRECT].astype(float).mean()) if C.CORRECT in frame else float("nan")
+        float(labelled[C.CORRECT].astype(float).mean())
+        if C.CORRECT in frame and len(labelled)
+        else float("nan")
     )
     if C.RHO_SUCCESS in frame:
         row["rho_success_rate"] = float(frame[C.RHO_SUCCESS].astype(float).mean())

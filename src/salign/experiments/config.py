@@ -1,0 +1,274 @@
+"""Experiment configuration: one YAML file describes a whole study (sweep → evaluate → report).
+
+Example (``configs/demo.yaml``)::
+
+    name: demo
+    seed: 0
+    dataset: {name: mnist}
+    model: {name: smallnet}
+    training:                       # a salign.training.TrainConfig (model/data default to the above)
+      epochs: 2
+      data: {train_subset: 12000}
+      optimizer: {name: adam, lr: 1.0e-3}
+    sweep: {lambdas: [0, 0.1, 1, 10], method: double_backprop}
+    evaluation: {n: 500, seed: 0}
+    attacks: {names: [deepfool, ddn, fmn], budget: fast}
+
+A study without ``training`` evaluates one model as built (e.g. the pretrained
+``efficientnet_lite0``) or the checkpoint named by ``model.checkpoint``: no λ sweep. Unknown keys
+anywhere are errors that name the key; every field has a documented default.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from salign.errors import ConfigError, MissingFileError
+from salign.training.config import TrainConfig
+
+#: Sections of a run's resolved config.yaml that record the environment, ignored on loading.
+RECORD_KEYS = ("versions", "resolved")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class DatasetConfig(_Strict):
+    """The evaluation data: :func:`salign.data.load` ``(name, split, data_dir=...)``."""
+
+    name: str = "mnist"
+    split: str = "test"
+    data_dir: str | None = None
+
+
+class ModelSpec(_Strict):
+    """The architecture (:func:`salign.models.build` name and arguments), or a checkpoint file.
+
+    ``checkpoint`` (only without ``training``): evaluate this :func:`salign.models.save` file.
+    """
+
+    name: str = "smallnet"
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    checkpoint: str | None = None
+
+
+class SweepConfig(_Strict):
+    """The λ grid: one model is trained per value with the input-gradient penalty weight λ."""
+
+    lambdas: list[float] = Field(min_length=1)
+    method: Literal["double_backprop", "finite_difference"] = "double_backprop"
+
+    @field_validator("lambdas")
+    @classmethod
+    def _valid_lambdas(cls, v: list[float]) -> list[float]:
+        if any(lam < 0 for lam in v):
+            raise ValueError("every λ must be >= 0")
+        tags = [f"{lam:g}" for lam in v]
+        if len(set(tags)) != len(tags):
+            raise ValueError(f"λ values must be distinct, got {v}")
+        return sorted(v)
+
+
+class EvaluationConfig(_Strict):
+    """The fixed, seeded evaluation subset (identical for every model) and how it is processed.
+
+    ``n`` samples are drawn without replacement from the split with a generator seeded by
+    ``seed`` (sorted by index). ``rival``/``candidates`` go to :func:`salign.analyze`
+    (``candidates`` limits the j* search to the top logits: needed for 1000 classes on CPU).
+    ``chunk_size`` samples are evaluated and saved at a time, so a killed run loses at most one
+    chunk. ``gallery`` images (one per class first) get saved saliency maps for figure P1.
+    ``accuracy_n`` test images (None: the whole split) give the clean accuracy.
+    """
+
+    n: int = Field(default=1000, ge=1)
+    seed: int = Field(default=0, ge=0)
+    batch_size: int = Field(default=100, ge=1)
+    chunk_size: int = Field(default=250, ge=1)
+    rival: Literal["nearest", "runner_up"] = "nearest"
+    candidates: int | None = Field(default=None, ge=2)
+    gallery: int = Field(default=6, ge=0)
+    accuracy_n: int | None = Field(default=None, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class AttackConfig(_Strict):
+    """ρ(x) by :func:`salign.robustness`: attack names, budget, optional step override."""
+
+    names: list[str] = Field(default_factory=lambda: ["deepfool", "ddn", "fmn", "alma"], min_length=1)
+    budget: Literal["fast", "standard", "thorough"] = "standard"
+    steps: int | None = Field(default=None, ge=1)
+    batch_size: int | None = Field(default=None, ge=1)
+
+    @field_validator("names")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        from salign.attacks.ensemble import ATTACKS
+
+        unknown = [a for a in v if a not in ATTACKS]
+        if unknown:
+            raise ValueError(f"unknown attack(s) {unknown}; choose from {sorted(ATTACKS)}")
+        return v
+
+
+class ReportConfig(_Strict):
+    """Statistics and extras of the report."""
+
+    n_bootstrap: int = Field(default=2000, ge=100)
+    level: float = Field(default=0.95, gt=0, lt=1)
+    linear_sanity: bool = True
+
+
+class ExperimentConfig(_Strict):
+    """A whole study. See the module docstring for an example."""
+
+    name: str
+    description: str = ""
+    seed: int = Field(default=0, ge=0)
+    output_dir: str = "runs"
+    num_threads: int | None = Field(default=None, ge=1)
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    training: TrainConfig | None = None
+    sweep: SweepConfig | None = None
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    attacks: AttackConfig = Field(default_factory=AttackConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError(
+                f"name must be letters, digits, '.', '_' or '-' (it names a directory), got {v!r}"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ExperimentConfig:
+        if self.training is not None and self.sweep is None:
+            raise ValueError(
+                "'training' needs a 'sweep' with the λ values to train (sweep: {lambdas: [...]})"
+            )
+        if self.training is None and self.sweep is not None:
+            raise ValueError("'sweep' needs a 'training' section (or remove 'sweep' to evaluate one model)")
+        if self.training is not None:
+            if self.model.checkpoint is not None:
+                raise ValueError("model.checkpoint is for evaluating a given model; remove it or 'training'")
+            if "model" in self.training.model_fields_set:
+                raise ValueError(
+                    "set the architecture in the top-level 'model' section, not in 'training.model'"
+                )
+            if "lambda_" in self.training.regularizer.model_fields_set:
+                raise ValueError("set λ in 'sweep.lambdas', not in 'training.regularizer.lambda'")
+        return self
+
+    @property
+    def trains(self) -> bool:
+        """True when the study trains a λ sweep (False: evaluate one given model)."""
+        return self.training is not None
+
+    def lambdas(self) -> list[float | None]:
+        """The sweep's λ values in increasing order (``[None]`` for a study without training)."""
+        return list(self.sweep.lambdas) if self.sweep is not None else [None]
+
+    def train_config(self, lam: float) -> TrainConfig:
+        """The trainer's config for the model with penalty weight ``lam``.
+
+        Model, seed and (unless ``training.data`` names them) dataset name and directory come
+        from the top-level sections; λ and the method from ``sweep``.
+        """
+        if self.training is None or self.sweep is None:
+            raise ConfigError("this study has no training section")
+        overrides: dict[str, Any] = {
+            "model.name": self.model.name,
+            "model.kwargs": dict(self.model.kwargs),
+            "regularizer.lambda": float(lam),
+            "regularizer.method": self.sweep.method,
+        }
+        if "seed" not in self.training.model_fields_set:
+            overrides["seed"] = self.seed
+        data_set = self.training.data.model_fields_set
+        if "name" not in data_set:
+            overrides["data.name"] = self.dataset.name
+        if "data_dir" not in data_set:
+            overrides["data.data_dir"] = self.dataset.data_dir
+        if self.num_threads is not None and "num_threads" not in self.training.model_fields_set:
+            overrides["num_threads"] = self.num_threads
+        return self.training.with_overrides(**overrides)
+
+    def run_dir(self, out: str | os.PathLike[str] | None = None) -> Path:
+        """``out`` if given, else ``output_dir/name``."""
+        return Path(out) if out is not None else Path(self.output_dir) / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON/YAML-safe dict with aliases (``lambda``), exactly re-loadable by :func:`config_from_dict`."""
+        data = self.model_dump(
+            mode="json",
+            by_alias=True,
+            # these two are set by the study, not the training section (see train_config)
+            exclude={"training": {"model": True, "regularizer": {"lambda_": True}}},
+        )
+        return data
+
+
+def _format_errors(exc: ValidationError, source: str) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        if err["type"] == "extra_forbidden":
+            parts.append(f"unknown key {loc!r}")
+        elif err["type"] == "missing":
+            parts.append(f"missing required key {loc!r}")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            parts.append(msg if loc == "(root)" else f"{loc}: {msg}")
+    return f"invalid experiment config{source}: " + "; ".join(parts)
+
+
+def config_from_dict(data: Any, *, source: str = "") -> ExperimentConfig:
+    """Validate a mapping as an :class:`ExperimentConfig`; errors name the offending key."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid experiment config{source}: expected a mapping, got {type(data).__name__}")
+    # A run's resolved config.yaml records its environment; those sections are not settings.
+    data = {k: v for k, v in data.items() if k not in RECORD_KEYS}
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, source)) from None
+    except ConfigError as exc:
+        raise ConfigError(f"invalid experiment config{source}: {exc}") from None
+
+
+def load_config(path: str | os.PathLike[str]) -> ExperimentConfig:
+    """Read and validate an experiment YAML file.
+
+    Raises:
+        MissingFileError: the file does not exist.
+        ConfigError: YAML syntax errors (with line and column), unknown keys, wrong types or values.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise MissingFileError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{p}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    return config_from_dict(data, source=f" {p}")
+
+
+def packaged_config(name: str) -> Path:
+    """Path of a config shipped inside the package (``salign/configs/<name>.yaml``)."""
+    here = Path(__file__).resolve().parent.parent / "configs" / f"{name}.yaml"
+    if not here.is_file():
+        raise MissingFileError(f"no packaged config {name!r} (looked for {here})")
+    return here

@@ -1,0 +1,167 @@
+"""Evaluate one model on the fixed evaluation subset: the Analysis columns plus attack distances.
+
+The unit of work is a *chunk* of consecutive evaluation samples: :func:`evaluate_chunk` runs
+:func:`salign.analyze` (α, α_bin, ρ̃, β, ...) and :func:`salign.robustness` (ρ by the attack
+ensemble, against the predicted class) and returns one table row per sample. Chunks are saved as
+they finish, so a killed evaluation resumes at the first missing chunk.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from salign._io import atomic_path
+from salign._validation import eval_mode
+from salign.report import columns as C
+
+#: Columns the attack step adds to the Analysis table (plus rho_<a>, success_<a> per attack).
+ATTACK_COLUMNS = (C.RHO, C.RHO_SUCCESS, C.ADV_CLASS, C.BEST_ATTACK)
+
+
+def evaluation_subset(n_total: int, n: int, seed: int) -> Tensor:
+    """Indices of the evaluation subset: ``n`` of ``range(n_total)`` drawn without replacement by
+    a generator seeded with ``seed``, sorted. The same (n_total, n, seed) always gives the same
+    indices, so every model of a study sees the same images. ``n >= n_total`` takes all."""
+    if n >= n_total:
+        return torch.arange(n_total)
+    gen = torch.Generator().manual_seed(int(seed))
+    return torch.randperm(n_total, generator=gen)[:n].sort().values
+
+
+def gallery_positions(labels: Tensor, k: int) -> list[int]:
+    """Positions (into the evaluation subset) of up to ``k`` gallery images: the first image of
+    each class in order of appearance, then the next images in order."""
+    chosen: list[int] = []
+    seen: set[int] = set()
+    for pos, lab in enumerate(labels.tolist()):
+        if len(chosen) == k:
+            break
+        if lab not in seen:
+            seen.add(lab)
+            chosen.append(pos)
+    for pos in range(len(labels)):
+        if len(chosen) >= k:
+            break
+        if pos not in chosen:
+            chosen.append(pos)
+    return sorted(chosen[:k])
+
+
+def evaluate_chunk(
+    model: nn.Module,
+    x: Tensor,
+    labels: Tensor,
+    sample_ids: Tensor,
+    *,
+    rival: str = "nearest",
+    candidates: int | None = None,
+    batch_size: int | None = None,
+    attacks: list[str] | tuple[str, ...] = ("deepfool", "ddn", "fmn", "alma"),
+    budget: str = "standard",
+    steps: int | None = None,
+    attack_batch_size: int | None = None,
+    seed: int = 0,
+) -> tuple[Any, dict[str, float]]:
+    """Per-sample table of one chunk and its costs.
+
+    Args:
+        model: classifier returning logits, on x's device.
+        x: the chunk's inputs in [0, 1].
+        labels: true classes (N,), −1 where unknown (then ``correct`` is False there).
+        sample_ids: index of each sample in the dataset split (the table's ``sample_id``).
+        rival, candidates, batch_size: passed to :func:`salign.analyze`.
+        attacks, budget, steps, attack_batch_size: passed to :func:`salign.robustness`
+            (``labels=None``: ρ is measured against the predicted class, as in the paper).
+        seed: seeds torch's RNG before the attacks, so a chunk's result does not depend on
+            what ran before it (resumed runs reproduce uninterrupted ones).
+
+    Returns:
+        ``(frame, costs)``: a pandas DataFrame (``sample_id``, the Analysis columns, ``rho``,
+        ``rho_success``, ``adv_class``, ``best_attack``, ``rho_<a>``, ``success_<a>``) and
+        ``{"seconds_analyze", "seconds_attacks", "forwards", "backwards"}``.
+    """
+    import salign
+
+    known = bool((labels >= 0).all())
+    t0 = time.perf_counter()
+    analysis = salign.analyze(
+        model,
+        x,
+        labels.to(x.device) if known else None,
+        rival=rival,  # type: ignore[arg-type]
+        candidates=candidates,
+        batch_size=batch_size,
+    )
+    t1 = time.perf_counter()
+    frame = analysis.to_frame()
+    frame.insert(0, C.SAMPLE_ID, sample_ids.cpu().numpy())
+    if not known:
+        lab = labels.cpu().numpy()
+        frame[C.LABEL] = lab
+        frame[C.CORRECT] = (frame[C.PRED].to_numpy() == lab) & (lab >= 0)
+    torch.manual_seed(seed)
+    result = salign.robustness(
+        model, x, None, attacks=list(attacks), budget=budget, steps=steps, batch_size=attack_batch_size
+    )
+    t2 = time.perf_counter()
+    frame[C.RHO] = result.distance.detach().cpu().double().numpy()
+    frame[C.RHO_SUCCESS] = result.success.detach().cpu().numpy()
+    frame[C.ADV_CLASS] = result.adv_class.detach().cpu().numpy()
+    frame[C.BEST_ATTACK] = list(result.best_attack) if result.best_attack is not None else None
+    for name, res in (result.per_attack or {}).items():
+        if res is None:
+            continue
+        frame[C.ATTACK_PREFIX + name] = res.distance.detach().cpu().double().numpy()
+        frame[C.SUCCESS_PREFIX + name] = res.success.detach().cpu().numpy()
+    costs = {
+        "seconds_analyze": t1 - t0,
+        "seconds_attacks": t2 - t1,
+        "forwards": float(result.forwards),
+        "backwards": float(result.backwards),
+    }
+    return frame, costs
+
+
+@torch.no_grad()
+def clean_accuracy(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 500) -> dict[str, float]:
+    """Top-1 (and top-5 when there are more than 10 classes) accuracy on the labelled samples
+    (label ≥ 0) of ``x``; moves batches to the model's device."""
+    device = next(model.parameters()).device
+    keep = y >= 0
+    x, y = x[keep], y[keep]
+    if len(y) == 0:
+        return {"accuracy": float("nan"), "accuracy_n": 0}
+    top1 = top5 = 0
+    k = 0
+    with eval_mode(model):
+        for start in range(0, len(y), batch_size):
+            xb = x[start : start + batch_size].to(device)
+            yb = y[start : start + batch_size].to(device)
+            logits = model(xb)
+            k = logits.shape[1]
+            top1 += int((logits.argmax(1) == yb).sum())
+            if k > 10:
+                top5 += int((logits.topk(5, dim=1).indices == yb[:, None]).any(1).sum())
+    out: dict[str, float] = {"accuracy": top1 / len(y), "accuracy_n": len(y)}
+    if k > 10:
+        out["top5"] = top5 / len(y)
+    return out
+
+
+def save_gallery(path: Any, model: nn.Module, x: Tensor, sample_ids: Tensor) -> None:
+    """Save the inputs and their predicted-logit saliency maps ∇Ψ^{F(x)}(x) for figure P1."""
+    import salign
+
+    grads = salign.saliency(model, x, mode="logit")
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(
+            fh,
+            sample_id=sample_ids.cpu().numpy(),
+            image=x.detach().cpu().float().numpy(),
+            saliency=grads.detach().cpu().float().numpy(),
+        )

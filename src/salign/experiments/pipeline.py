@@ -1,0 +1,393 @@
+"""The study pipeline: train a λ sweep → evaluate every model → statistics → figures → report.
+
+``run(config)`` writes the run directory of docs/architecture.md and is resumable at every
+stage: a finished model (``models/<tag>/checkpoint.safetensors``) is not retrained (an unfinished
+one resumes from its last epoch state), a finished evaluation (``eval/<tag>.csv`` + ``.json``)
+is not redone (an unfinished one resumes at its first missing chunk), and the report is always
+re-rendered from the saved tables. Every file is written atomically, so a run killed at any
+moment leaves only complete files (and stray ``.*.tmp`` files, which are ignored and cleaned).
+
+Under ``torchrun`` every rank trains its share of each batch (the trainer's DDP), evaluates its
+slice of the evaluation subset, and rank 0 gathers the tables and writes the report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from salign._io import atomic_open, write_json_atomic, write_text_atomic
+from salign._progress import progress
+from salign.errors import ConfigError
+from salign.experiments.config import RECORD_KEYS, ExperimentConfig, config_from_dict, load_config
+from salign.experiments.evaluate import (
+    clean_accuracy,
+    evaluate_chunk,
+    evaluation_subset,
+    gallery_positions,
+    save_gallery,
+)
+from salign.experiments.sharding import Shard, barrier, current_shard, gather_to_main, shard_bounds
+from salign.report.rundata import (
+    CONFIG_FILE,
+    EVAL_DIR,
+    FIGURES_DIR,
+    GALLERY_SUFFIX,
+    MODELS_DIR,
+    REPORT_FILE,
+    SANITY_FILE,
+    SUMMARY_FILE,
+    TIMINGS_FILE,
+    lambda_tag,
+)
+
+PARTS_DIR = ".parts"
+
+
+def versions() -> dict[str, str]:
+    """Versions of salign, Python, torch, numpy and the report's libraries."""
+    import numpy
+
+    import salign
+
+    out = {
+        "salign": salign.__version__,
+        "python": sys.version.split()[0],
+        "torch": str(torch.__version__),
+        "numpy": numpy.__version__,
+        "platform": platform.platform(),
+    }
+    for mod in ("pandas", "matplotlib"):
+        with contextlib.suppress(ImportError):
+            out[mod] = str(__import__(mod).__version__)
+    return out
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("evaluation.device is 'cuda' but no CUDA device is available")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+# ---------------------------------------------------------------------------------------------
+# run directory bookkeeping
+
+
+def _comparable(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if k not in RECORD_KEYS and k != "output_dir"}
+
+
+def prepare_run_dir(
+    cfg: ExperimentConfig, run_dir: Path, *, force: bool, device: torch.device, shard: Shard
+) -> None:
+    """Create the run directory and write ``config.yaml``; refuse to mix two configs in one.
+
+    With ``force``, the outputs of a previous run (models, evaluations, figures, tables) are
+    removed first; only a directory that holds a salign ``config.yaml`` is cleared.
+    """
+    cfg_path = run_dir / CONFIG_FILE
+    if shard.is_main:
+        if force and cfg_path.is_file():
+            for name in (MODELS_DIR, EVAL_DIR, FIGURES_DIR):
+                shutil.rmtree(run_dir / name, ignore_errors=True)
+            for name in (SUMMARY_FILE, REPORT_FILE, TIMINGS_FILE):
+                with contextlib.suppress(FileNotFoundError):
+                    (run_dir / name).unlink()
+        elif cfg_path.is_file():
+            old = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
+            if _comparable(old) != _comparable(cfg.to_dict()):
+                changed = sorted(
+                    k for k in set(_comparable(old)) | set(_comparable(cfg.to_dict()))
+                    if _comparable(old).get(k) != _comparable(cfg.to_dict()).get(k)
+                )  # fmt: skip
+                raise ConfigError(
+                    f"{run_dir} holds a run of a different config (differs in: {', '.join(changed)}); "
+                    "use --force to start it again, or --out for another directory"
+                )
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for tmp in run_dir.rglob(".*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        record = cfg.to_dict()
+        record["versions"] = versions()
+        record["resolved"] = {
+            "run_dir": str(run_dir.resolve()),
+            "device": str(device),
+            "world_size": shard.world_size,
+            "seed": cfg.seed,
+            "evaluation_seed": cfg.evaluation.seed,
+            "command": " ".join(sys.argv),
+        }
+        write_text_atomic(cfg_path, yaml.safe_dump(record, sort_keys=False, allow_unicode=True))
+    barrier(shard)
+
+
+class Timings:
+    """``timings.json``: seconds per stage and per model, accumulated across resumed invocations."""
+
+    def __init__(self, run_dir: Path, enabled: bool) -> None:
+        self.path = run_dir / TIMINGS_FILE
+        self.enabled = enabled
+        self.data: dict[str, Any] = {}
+        if self.path.is_file():
+            with contextlib.suppress(json.JSONDecodeError):
+                self.data = json.loads(self.path.read_text(encoding="utf-8"))
+
+    def add(self, stage: str, seconds: float, key: str | None = None) -> None:
+        if key is None:
+            self.data[stage] = float(self.data.get(stage, 0.0)) + seconds
+        else:
+            section = self.data.setdefault(stage, {})
+            section[key] = float(section.get(key, 0.0)) + seconds
+        if self.enabled:
+            write_json_atomic(self.path, self.data)
+
+
+# ---------------------------------------------------------------------------------------------
+# stages
+
+
+def train_stage(
+    cfg: ExperimentConfig, run_dir: Path, timings: Timings, *, quiet: bool | None
+) -> dict[str, Path]:
+    """Train (or resume, or skip) every model of the sweep; returns tag → checkpoint path."""
+    from salign.training import MODEL_FILE, train
+    from salign.training.trainer import load_data
+
+    paths: dict[str, Path] = {}
+    data = None
+    for lam in cfg.lambdas():
+        assert lam is not None
+        tag = lambda_tag(lam)
+        model_dir = run_dir / MODELS_DIR / tag
+        final = model_dir / MODEL_FILE
+        if final.is_file() and (model_dir / "done.json").is_file():
+            paths[tag] = final
+            continue
+        tcfg = cfg.train_config(lam)
+        if data is None:
+            data = load_data(tcfg)
+        t0 = time.perf_counter()
+        paths[tag] = train(tcfg, run_dir=model_dir, resume=True, data=data, quiet=quiet)
+        seconds = time.perf_counter() - t0
+        timings.add("train", seconds, tag)
+        if current_shard().is_main:
+            write_json_atomic(model_dir / "done.json", {"lambda": lam, "seconds_this_invocation": seconds})
+    return paths
+
+
+def _load_model(cfg: ExperimentConfig, checkpoint: Path | None, device: torch.device) -> torch.nn.Module:
+    import salign
+
+    if checkpoint is not None:
+        return salign.models.load(checkpoint, map_location=device)
+    if cfg.model.checkpoint is not None:
+        return salign.models.load(cfg.model.checkpoint, map_location=device)
+    torch.manual_seed(cfg.seed)
+    return salign.models.build(cfg.model.name, **cfg.model.kwargs).to(device).eval()
+
+
+def _parts_dir(run_dir: Path, tag: str) -> Path:
+    return run_dir / EVAL_DIR / PARTS_DIR / tag
+
+
+def evaluate_stage_model(
+    cfg: ExperimentConfig,
+    run_dir: Path,
+    tag: str,
+    lam: float | None,
+    model: torch.nn.Module,
+    data: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    timings: Timings,
+    *,
+    shard: Shard,
+    quiet: bool | None,
+) -> None:
+    """Evaluate one model on this rank's slice in saved chunks; rank 0 gathers and writes
+    ``eval/<tag>.csv``, the gallery and ``eval/<tag>.json`` (the completion marker, last)."""
+    import pandas as pd
+
+    ev = cfg.evaluation
+    x_eval, y_eval, ids, _ = data
+    device = next(model.parameters()).device
+    start, stop = shard_bounds(len(ids), shard.rank, shard.world_size)
+    parts = _parts_dir(run_dir, tag)
+    parts.mkdir(parents=True, exist_ok=True)
+    frames = []
+    costs_total = {"seconds_analyze": 0.0, "seconds_attacks": 0.0, "forwards": 0.0, "backwards": 0.0}
+    t0 = time.perf_counter()
+    chunk_starts = list(range(start, stop, ev.chunk_size))
+    for c0 in progress(chunk_starts, desc=f"evaluate {tag}", total=len(chunk_starts), quiet=quiet):
+        c1 = min(c0 + ev.chunk_size, stop)
+        part = parts / f"{c0:07d}-{c1:07d}.csv"
+        if part.is_file():
+            frames.append(pd.read_csv(part))
+            continue
+        frame, costs = evaluate_chunk(
+            model,
+            x_eval[c0:c1].to(device),
+            y_eval[c0:c1],
+            ids[c0:c1],
+            rival=ev.rival,
+            candidates=ev.candidates,
+            batch_size=ev.batch_size,
+            attacks=cfg.attacks.names,
+            budget=cfg.attacks.budget,
+            steps=cfg.attacks.steps,
+            attack_batch_size=cfg.attacks.batch_size,
+            seed=cfg.seed * 1_000_003 + c0,
+        )
+        for key, value in costs.items():
+            costs_total[key] += value
+        with atomic_open(part, "w", encoding="utf-8", newline="") as fh:
+            frame.to_csv(fh, index=False)
+        frames.append(pd.read_csv(part))  # the same dtypes as a resumed chunk
+    local = pd.concat(frames, ignore_index=True) if frames else None
+    gathered = gather_to_main((local, costs_total), shard)
+    seconds = time.perf_counter() - t0
+    if not shard.is_main:
+        return
+    assert gathered is not None
+    table = pd.concat([f for f, _ in gathered if f is not None], ignore_index=True)
+    table = table.sort_values("sample_id", kind="stable").reset_index(drop=True)
+    total_costs = {k: sum(c[k] for _, c in gathered) for k in costs_total}
+    with atomic_open(run_dir / EVAL_DIR / f"{tag}.csv", "w", encoding="utf-8", newline="") as fh:
+        table.to_csv(fh, index=False)
+    if ev.gallery:
+        pos = gallery_positions(y_eval, ev.gallery)
+        save_gallery(run_dir / EVAL_DIR / f"{tag}{GALLERY_SUFFIX}", model, x_eval[pos].to(device), ids[pos])
+    _, _, _, acc_data = data
+    x_acc, y_acc = acc_data
+    meta: dict[str, Any] = {
+        "tag": tag,
+        "lambda": lam,
+        "n": len(table),
+        "attacks": list(cfg.attacks.names),
+        "budget": cfg.attacks.budget,
+        "rival": ev.rival,
+        "seconds": seconds,
+        **total_costs,
+        **clean_accuracy(model, x_acc, y_acc, batch_size=max(ev.batch_size, 256)),
+    }
+    write_json_atomic(run_dir / EVAL_DIR / f"{tag}.json", meta)
+    timings.add("evaluate", seconds, tag)
+    shutil.rmtree(parts, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        parts.parent.rmdir()  # .parts, once no model has unfinished chunks
+
+
+def _evaluation_data(cfg: ExperimentConfig) -> Any:
+    """(x_eval, y_eval, sample_ids, (x_acc, y_acc)) on CPU."""
+    import salign
+
+    x, y = salign.data.load(cfg.dataset.name, cfg.dataset.split, data_dir=cfg.dataset.data_dir)
+    ids = evaluation_subset(len(y), cfg.evaluation.n, cfg.evaluation.seed)
+    acc_n = cfg.evaluation.accuracy_n
+    acc = (x, y) if acc_n is None or acc_n >= len(y) else (x[:acc_n], y[:acc_n])
+    return x[ids], y[ids], ids, acc
+
+
+def sanity_stage(
+    cfg: ExperimentConfig, run_dir: Path, x: torch.Tensor, y: torch.Tensor, num_classes: int
+) -> None:
+    """Write ``eval/sanity.csv`` (figure P8) once."""
+    from salign.experiments.sanity import linear_sanity
+
+    path = run_dir / EVAL_DIR / SANITY_FILE
+    if path.is_file():
+        return
+    frame = linear_sanity(x, y, num_classes=num_classes, seed=cfg.seed)
+    if frame is None:
+        return
+    with atomic_open(path, "w", encoding="utf-8", newline="") as fh:
+        frame.to_csv(fh, index=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# entry point
+
+
+def run(
+    config: ExperimentConfig | dict[str, Any] | str | os.PathLike[str],
+    *,
+    out: str | os.PathLike[str] | None = None,
+    force: bool = False,
+    quiet: bool | None = None,
+) -> Any:
+    """Run a study end to end and return its :class:`salign.report.Report` (``None`` off rank 0).
+
+    Args:
+        config: an :class:`ExperimentConfig`, a dict, or a YAML path.
+        out: run directory (default: ``config.output_dir / config.name``).
+        force: redo everything (clears the previous outputs of this run directory).
+        quiet: no progress bars (default: ``SALIGN_QUIET``, or no TTY).
+
+    Raises:
+        ConfigError: invalid config, or ``out`` holds a run of a different config.
+    """
+    from salign.report import render
+    from salign.training import distributed as dist_util
+
+    cfg = config if isinstance(config, ExperimentConfig) else (
+        config_from_dict(config) if isinstance(config, dict) else load_config(config)
+    )  # fmt: skip
+    if cfg.num_threads is not None:
+        torch.set_num_threads(cfg.num_threads)
+    run_dir = cfg.run_dir(out)
+    device = resolve_device(cfg.evaluation.device)
+    info = dist_util.setup(device)
+    if device.type == "cuda" and info.enabled:
+        device = torch.device("cuda", info.local_rank)
+    try:
+        shard = current_shard()
+        started = time.perf_counter()
+        prepare_run_dir(cfg, run_dir, force=force, device=device, shard=shard)
+        timings = Timings(run_dir, enabled=shard.is_main)
+        checkpoints: dict[str, Path | None] = {}
+        if cfg.trains:
+            checkpoints.update(train_stage(cfg, run_dir, timings, quiet=quiet))
+        else:
+            checkpoints[lambda_tag(None)] = None
+        x_eval, y_eval, ids, acc = _evaluation_data(cfg)
+        data = (x_eval, y_eval, ids, acc)
+        for lam in cfg.lambdas():
+            tag = lambda_tag(lam)
+            done = (run_dir / EVAL_DIR / f"{tag}.csv").is_file() and (
+                run_dir / EVAL_DIR / f"{tag}.json"
+            ).is_file()
+            if done:
+                continue
+            model = _load_model(cfg, checkpoints[tag], device)
+            evaluate_stage_model(cfg, run_dir, tag, lam, model, data, timings, shard=shard, quiet=quiet)
+            barrier(shard)
+        report = None
+        if shard.is_main:
+            if cfg.report.linear_sanity:
+                num_classes = int(y_eval.max()) + 1 if len(y_eval) else 0
+                t0 = time.perf_counter()
+                if num_classes >= 2:
+                    sanity_stage(cfg, run_dir, x_eval, y_eval, num_classes)
+                timings.add("sanity", time.perf_counter() - t0)
+            timings.add("pipeline", time.perf_counter() - started)
+            t0 = time.perf_counter()
+            report = render(
+                run_dir, n_bootstrap=cfg.report.n_bootstrap, seed=cfg.seed, level=cfg.report.level
+            )
+            timings.add("report", time.perf_counter() - t0)
+        barrier(shard)
+        return report
+    finally:
+        dist_util.teardown(info)
