@@ -64,12 +64,6 @@ META_MODEL = tiny_mlp().to("meta")
 #: Cases that failed when the battery was written, with the reason; each is marked
 #: xfail(strict=True) so that the fix (which makes it pass) must also remove it from here.
 PENDING: dict[str, str] = {
-    "[saliency-x-numpy]": "quantities check the model's device before the type of x",
-    "[alignment-x-numpy]": "quantities check the model's device before the type of x",
-    "[linearized_robustness-x-numpy]": "quantities check the model's device before the type of x",
-    "[effective_bias-x-numpy]": "quantities check the model's device before the type of x",
-    "[bias_shifted_input-x-numpy]": "quantities check the model's device before the type of x",
-    "[analyze-x-numpy]": "quantities check the model's device before the type of x",
     "-x-shape-does-not-fit-model]": "the model's RuntimeError from torch escapes unwrapped",
     "[gradient_norm_penalty-model-3d-output]": "gradient_norm_penalty does not check the model output",
     "[gradient_norm_penalty-model-tuple-output]": "gradient_norm_penalty does not check the model output",
@@ -79,6 +73,11 @@ PENDING: dict[str, str] = {
     "[labels-negative-gradient_norm_penalty]": "gradient_norm_penalty does not check labels against K",
     "test_non_differentiable_model_is_refused[": "autograd's RuntimeError escapes from attacks/penalty",
     "-levels]": "levels < 2 divides by zero in quantize instead of raising",
+    "-x-dtype-does-not-fit-model]": "the model's RuntimeError (dtype mismatch) escapes unwrapped",
+    "test_bad_experiment_yaml[nan-lambda]": "sweep.lambdas accepts NaN (a run directory 'nan')",
+    "test_bad_experiment_yaml[infinite-lambda]": "sweep.lambdas accepts inf",
+    "test_bad_training_yaml[infinite-lambda]": "regularizer.lambda accepts inf",
+    "test_bad_training_yaml[infinite-lr]": "optimizer.lr accepts inf",
 }
 
 
@@ -142,6 +141,12 @@ INPUT_CASES: list[tuple[str, Callable[[], tuple[Any, Any, Any]], type[Exception]
         lambda: (MODEL, torch.rand(5, 1, 5, 5), Y),
         InputError,
         r"\bx .*shape \(5, 1, 5, 5\)",
+    ),
+    (
+        "x-dtype-does-not-fit-model",
+        lambda: (MODEL, X.double(), Y),
+        InputError,
+        r"\bx .*dtype torch\.float64",
     ),
     (
         "model-is-a-function",
@@ -331,6 +336,8 @@ TRAIN_YAML_CASES = [
     ("wrong-type-nested", "regularizer: {lambda: [1, 2]}\n", r"regularizer\.lambda"),
     ("out-of-range", "batch_size: 0\n", r"\bbatch_size: .*greater than or equal to 1"),
     ("bad-choice", "optimizer: {name: lbfgs}\n", r"optimizer\.name"),
+    ("infinite-lambda", "regularizer: {lambda: .inf}\n", r"regularizer\.lambda"),
+    ("infinite-lr", "optimizer: {lr: .inf}\n", r"optimizer\.lr"),
     ("not-a-mapping", "- 1\n- 2\n", r"expected a mapping, got list"),
     ("yaml-syntax", "epochs: [1\n", r"not valid YAML at line \d+, column \d+"),
 ]
@@ -351,6 +358,8 @@ EXPERIMENT_YAML_CASES = [
     ("wrong-type", "name: x\nevaluation: {n: lots}\n", r"evaluation\.n: .*integer"),
     ("unknown-attack", "name: x\nattacks: {names: [pgd]}\n", r"attacks\.names: unknown attack"),
     ("negative-lambda", "name: x\ntraining: {epochs: 1}\nsweep: {lambdas: [-1]}\n", r"sweep\.lambdas"),
+    ("nan-lambda", "name: x\ntraining: {epochs: 1}\nsweep: {lambdas: [0, .nan]}\n", r"sweep\.lambdas"),
+    ("infinite-lambda", "name: x\ntraining: {epochs: 1}\nsweep: {lambdas: [0, .inf]}\n", r"sweep\.lambdas"),
     ("name-escapes-run-dir", "name: ../../outside\n", r"\bname: name must be letters"),
     ("name-absolute-path", "name: /etc/outside\n", r"\bname: name must be letters"),
     ("yaml-syntax", "name: [x\n", r"not valid YAML at line \d+"),
