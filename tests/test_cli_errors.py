@@ -129,7 +129,6 @@ PENDING = {
     "analyze-model-does-not-fit-data": "the model's RuntimeError escapes unwrapped",
     "attack-model-does-not-fit-data": "the model's RuntimeError escapes unwrapped",
     "attack-levels-1": "levels < 2 divides by zero instead of raising",
-    "analyze-other-architecture": "the CheckpointError message spans several lines (torch's key lists)",
 }
 
 
