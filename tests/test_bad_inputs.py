@@ -600,3 +600,44 @@ def test_experiment_run_dir_of_another_config_is_refused(tmp_path: Path) -> None
 
 def test_shapes_used_here_are_consistent() -> None:
     assert X.shape[1:] == SHAPE and int(Y.max()) < K
+
+
+# ---------------------------------------------------------------------------------------------
+# the shared checks used by the fixes above
+
+
+@pytest.mark.parametrize(
+    ("device", "pattern"),
+    [
+        ("gpu0", r"--device 'gpu0' is not a device"),
+        ("meta", r"--device 'meta' holds no data"),
+        pytest.param(
+            "cuda",
+            r"--device 'cuda': CUDA is not available",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA present"),
+        ),
+    ],
+)
+def test_resolve_device_names_the_option(device: str, pattern: str) -> None:
+    with pytest.raises(ConfigError, match=pattern):
+        validation.resolve_device(device, name="--device")
+    assert validation.resolve_device("cpu") == torch.device("cpu")
+
+
+def test_run_model_names_the_input_and_keeps_the_cause() -> None:
+    with pytest.raises(
+        InputError, match=r"model failed on x of shape \(2, 1, 5, 5\) and dtype torch\.float32"
+    ) as info:
+        validation.run_model(MODEL, torch.rand(2, 1, 5, 5))
+    assert isinstance(info.value.__cause__, RuntimeError)
+    assert torch.equal(validation.run_model(MODEL, X), MODEL(X))  # type: ignore[arg-type]
+
+
+def test_check_differentiable() -> None:
+    x = X.clone().requires_grad_(True)
+    with pytest.raises(ModelOutputError, match=r"not differentiable with respect to the input"):
+        validation.check_differentiable(MODEL(x).detach(), x)
+    out = MODEL(x)
+    assert validation.check_differentiable(out, x) is out
+    with torch.no_grad():
+        validation.check_differentiable(MODEL(x), x)  # no grad mode: nothing to check

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor, nn
 
-from salign.errors import InputError, InputTypeError, ModelOutputError
+from salign.errors import ConfigError, InputError, InputTypeError, ModelOutputError
 
 #: Slack allowed outside [0, 1] for round-off from upstream preprocessing.
 RANGE_TOLERANCE = 1e-5
@@ -92,6 +92,60 @@ def check_model(model: object, x: Tensor | None = None, *, name: str = "model") 
                 f"(e.g. x.to({str(param.device)!r}))"
             )
     return model
+
+
+def run_model(model: nn.Module, x: Tensor, *, name: str = "model", input_name: str = "x") -> object:
+    """``model(x)``, with torch's errors on inputs the model cannot take made clear.
+
+    A ``RuntimeError`` raised inside the forward pass (a shape or dtype that does not fit the
+    first layer, e.g. ``mat1 and mat2 shapes cannot be multiplied``) becomes an
+    :class:`InputError` naming the input's shape and dtype; the original stays chained.
+    Out-of-memory errors pass through unchanged.
+    """
+    try:
+        return model(x)
+    except torch.OutOfMemoryError:
+        raise
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(
+            f"{name} failed on {input_name} of shape {tuple(x.shape)} and dtype {x.dtype} "
+            f"({first}); check that {input_name} has the shape, dtype and device the model expects"
+        ) from exc
+
+
+def check_differentiable(out: Tensor, x: Tensor, *, name: str = "model output") -> Tensor:
+    """Raise :class:`ModelOutputError` if ``out`` does not depend differentiably on ``x``.
+
+    Only meaningful when ``x`` requires grad and grad mode is on (otherwise ``out`` is returned
+    unchanged): a forward that detaches, runs under ``torch.no_grad()`` or ends in ``argmax``
+    leaves nothing for input gradients to flow through.
+    """
+    if torch.is_grad_enabled() and x.requires_grad and not out.requires_grad:
+        raise ModelOutputError(
+            f"{name} is not differentiable with respect to the input (does the forward detach, use "
+            "torch.no_grad() or argmax?); input gradients are needed here"
+        )
+    return out
+
+
+def resolve_device(device: object, *, name: str = "device") -> torch.device:
+    """Parse a device option (``"cpu"``, ``"cuda"``, ``"cuda:1"``, a ``torch.device``) and check
+    that it can run computations here; errors name ``name`` (e.g. ``"--device"``)."""
+    try:
+        dev = torch.device(device)  # type: ignore[call-overload]
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"{name} {device!r} is not a device; use e.g. 'cpu', 'cuda' or 'cuda:1'") from None
+    if dev.type == "meta":
+        raise ConfigError(f"{name} 'meta' holds no data; use a real device such as 'cpu' or 'cuda'")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{name} {device!r}: CUDA is not available on this machine; use 'cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"{name} {device!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ConfigError(f"{name} {device!r}: MPS is not available on this machine; use 'cpu'")
+    return dev
 
 
 _warned_probabilities: set[int] = set()
