@@ -10,9 +10,11 @@ Run:  .venv/bin/python benchmarks/bench_training.py [--quick] [--skip-effect] [-
      (``penalty_terms``/``gradient_norm_penalty(return_loss=True)``: one forward, an input-only
      gradient with ``create_graph``, ``backward(inputs=params)``);
    - finite difference (Finlay & Oberman 2019): "straightforward" (separate CE forward, a
-     forward+backward for the direction, two forwards for the difference) and ours (the CE
-     forward reused for the direction and the difference, input-only gradient, one extra
-     forward, one backward);
+     forward+backward for the direction, two forwards for the difference); ours with the
+     generic backward (the CE forward reused for the direction and the difference, input-only
+     gradient, one extra forward, one backward through both graphs); and ours (default: the
+     first forward's parameter gradients come from weight-gradient kernels applied to the
+     output gradients caught during the direction's backward, salign.training._fd_fast);
    - ours with penalty_fraction 0.5 and 0.25.
 2. Effect: SmallNet trained briefly on an MNIST subset for several λ; on test images, the mean
    input-gradient norm ‖∇_x CE‖₂ and the median linearised robustness ρ̃
@@ -38,12 +40,14 @@ import torch.nn.functional as F
 import salign
 from salign import models
 from salign.training import train
+from salign.training import penalty as penalty_module
 from salign.training.penalty import penalty_terms
 from salign.training.trainer import penalty_mask
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "benchmarks" / "training.md"
 #: λ grid of the effect run, in the authors' batch-mean scale (÷ 100² = per-example weight).
+THREADS = (2, 1)
 LAMBDAS = [0.0, 1e3, 1e4, 1e5]
 
 
@@ -92,6 +96,13 @@ def step_functions(lam: float = 0.1, h: float = 1e-2) -> dict[str, Callable[[], 
         t = penalty_terms(model, x, y, method="finite_difference", h=h)
         finish(t.cross_entropy.mean() + lam * t.penalty.mean(), inputs=params)
 
+    def fd_ours_generic() -> None:
+        penalty_module.FAST_FINITE_DIFFERENCE = False
+        try:
+            fd_ours()
+        finally:
+            penalty_module.FAST_FINITE_DIFFERENCE = True
+
     def fraction(f: float) -> Callable[[], None]:
         mask = penalty_mask(100, f)
 
@@ -108,6 +119,7 @@ def step_functions(lam: float = 0.1, h: float = 1e-2) -> dict[str, Callable[[], 
         "double backprop, textbook one forward": db_textbook,
         "double backprop, ours": db_ours,
         "finite difference, straightforward": fd_straightforward,
+        "finite difference, ours, generic backward": fd_ours_generic,
         "finite difference, ours": fd_ours,
         "double backprop, ours, penalty_fraction 0.5": fraction(0.5),
         "double backprop, ours, penalty_fraction 0.25": fraction(0.25),
@@ -249,7 +261,7 @@ def main() -> None:
         parts += _previous_section(COST_TITLE)
     else:
         tables = []
-        for threads in (2, 1):
+        for threads in THREADS:
             table, _ = bench_cost(repeats=repeats, steps=2, threads=threads)
             tables += [table, ""]
             print(table, flush=True)
