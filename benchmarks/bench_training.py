@@ -39,8 +39,8 @@ import torch.nn.functional as F
 
 import salign
 from salign import models
-from salign.training import train
 from salign.training import penalty as penalty_module
+from salign.training import train
 from salign.training.penalty import penalty_terms
 from salign.training.trainer import penalty_mask
 

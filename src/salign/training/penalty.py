@@ -128,22 +128,26 @@ def penalty_terms(
     if scaling == "batch_mean":
         b = float(batch_size if batch_size is not None else n)
         scale = 1.0 / b if math.isinf(p) else b ** (-p)  # ‖g/B‖_p^p = ‖g‖_p^p / B^p
-    if method == "finite_difference":
-        if FAST_FINITE_DIFFERENCE and target == "loss" and _fd_fast.eligible(model):
-            fast = _fd_fast.finite_difference_fast(
-                model,
-                step_model if step_model is not None else model,
-                x,
-                y,
-                lambda grad: _dual_direction(grad, p)[0],
-                h,
-                lambda out, labels: F.cross_entropy(out, labels, reduction="none"),
-            )
-            if fast is not None:
-                directional, ce_fast, grad_norm, correct = fast
-                pen = directional.abs().pow(p) * scale if p != 2 else directional.pow(2) * scale
-                return PenaltyTerms(pen, ce_fast, grad_norm, correct)
-        # otherwise (or if the fast path found shared weights / in-place ops): the generic path
+    if (
+        method == "finite_difference"
+        and FAST_FINITE_DIFFERENCE
+        and target == "loss"
+        and _fd_fast.eligible(model)
+    ):
+        fast = _fd_fast.finite_difference_fast(
+            model,
+            step_model if step_model is not None else model,
+            x,
+            y,
+            lambda grad: _dual_direction(grad, p)[0],
+            h,
+            lambda out, labels: F.cross_entropy(out, labels, reduction="none"),
+        )
+        if fast is not None:
+            directional, ce_fast, grad_norm, correct = fast
+            pen = directional.abs().pow(p) * scale if p != 2 else directional.pow(2) * scale
+            return PenaltyTerms(pen, ce_fast, grad_norm, correct)
+    # otherwise (or if the fast path found shared weights / in-place ops): the generic path
 
     x_req = x.detach().requires_grad_(True)
     logits = model(x_req)
