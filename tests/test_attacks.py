@@ -251,3 +251,16 @@ def test_ddn_and_fmn_match_or_beat_foolbox() -> None:
         assert bool(ours.success.all())
         assert float(ours.distance.median()) <= 1.05 * float(d_fb.median())
         assert bool((ours.distance <= d_fb * 1.05).float().mean() >= 0.9)
+
+
+def test_thorough_budget_adds_cold_started_copies() -> None:
+    model, x, rho = linear_problem(n=3, seed=7)
+    # 20 cold steps of DDN and C&W end farther than DeepFool: flagged and warned, never silent
+    with pytest.warns(RuntimeWarning, match="farther from x than DeepFool"):
+        res = robustness(
+            model, x, budget="thorough", steps=20, attacks=("deepfool", "ddn", "carlini_wagner"), quiet=True
+        )
+    assert res.flags["worse_than_deepfool"] == 3
+    assert set(res.per_attack) == {"deepfool", "ddn", "carlini_wagner", "ddn_cold"}
+    assert float((res.distance / rho - 1).abs().max()) < 1e-3
+    assert res.per_attack["ddn_cold"].backwards >= 3 * 20  # cold copies do not start from the best point

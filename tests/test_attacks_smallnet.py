@@ -1,0 +1,62 @@
+"""Slow: the ensemble against foolbox 3.3.4 on a SmallNet trained on MNIST (a small version of
+benchmarks/bench_attacks.py, with a looser bound)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import salign
+from salign.attacks import ddn, robustness
+
+CACHE = Path(__file__).resolve().parent.parent / "benchmarks" / ".cache" / "smallnet_lam0_ep1.safetensors"
+
+
+def _smallnet() -> torch.nn.Module:
+    if CACHE.exists():
+        return salign.models.load(CACHE).eval()
+    try:
+        x, y = salign.data.load("mnist", "train")
+    except salign.errors.SalignError as exc:  # MNIST not fetched on this machine
+        pytest.skip(f"MNIST unavailable: {exc}")
+    torch.manual_seed(0)
+    model = salign.models.build("smallnet")
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for i in range(0, 20000, 100):  # a third of an epoch: ~98% test accuracy
+        opt.zero_grad()
+        F.cross_entropy(model(x[i : i + 100]), y[i : i + 100]).backward()
+        opt.step()
+    return model.eval()
+
+
+@pytest.mark.slow
+def test_ensemble_matches_the_best_of_foolbox_on_smallnet() -> None:
+    fb = pytest.importorskip("foolbox")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = _smallnet()
+        x, _ = salign.data.load("mnist", "test")
+        x = x[:20]
+        labels = model(x).argmax(1)
+        fmodel = fb.PyTorchModel(model, bounds=(0, 1))
+        theirs = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for attack in (fb.attacks.DDNAttack(steps=200), fb.attacks.L2FMNAttack(steps=200)):
+                _, clipped, is_adv = attack(fmodel, x, labels, epsilons=None)
+                d = (clipped - x).flatten(1).norm(dim=1)
+                theirs.append(torch.where(is_adv, d, torch.full_like(d, float("inf"))))
+            ours = robustness(model, x, steps=200, quiet=True)
+            ours_ddn = ddn(model, x, steps=200)
+        envelope = torch.stack([*theirs, ours.distance, ours_ddn.distance]).amin(0)
+        assert bool(ours.success.all())
+        assert float(ours.distance.median()) <= 1.02 * float(envelope.median())
+        assert float(ours_ddn.distance.median()) <= 1.04 * float(envelope.median())
+        assert float(ours.distance.median()) <= 1.01 * float(theirs[0].median())
+    finally:
+        torch.set_num_threads(threads)
