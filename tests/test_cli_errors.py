@@ -44,6 +44,15 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "train_syntax.yaml": "epochs: [1\n",
         "train_list.yaml": "- 1\n- 2\n",
         "train_ok.yaml": "epochs: 1\n",
+        "train_misfit.yaml": (
+            "epochs: 1\nbatch_size: 8\ndata: {name: synthetic-gaussian, train_subset: 16, val_subset: 8}\n"
+            "model: {name: relu_mlp, kwargs: {input_shape: [1, 4, 4], hidden: [4], num_classes: 2}}\n"
+        ),
+        "train_classes.yaml": (
+            "epochs: 1\nbatch_size: 8\n"
+            "data: {name: synthetic-gaussian, train_subset: 16, val_subset: 8, options: {num_classes: 3}}\n"
+            "model: {name: relu_mlp, kwargs: {input_shape: [1, 8, 8], hidden: [4], num_classes: 2}}\n"
+        ),
         "study_unknown.yaml": "name: x\nbogus: 1\n",
         "study_escape.yaml": "name: ../../outside\n",
         "study_type.yaml": "name: x\nevaluation: {n: lots}\n",
@@ -51,6 +60,21 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     for name, text in texts.items():
         (d / name).write_text(text)
     (d / "empty_run").mkdir()
+    corrupt_run = d / "corrupt_run" / "eval"
+    corrupt_run.mkdir(parents=True)
+    (corrupt_run / "0.csv").write_text("id,alignment\n0,0.5\n")
+    (corrupt_run / "0.json").write_text("{not json")
+    cifar = d / "cifar-10-batches-py"
+    cifar.mkdir()
+    for name in (
+        "data_batch_1",
+        "data_batch_2",
+        "data_batch_3",
+        "data_batch_4",
+        "data_batch_5",
+        "test_batch",
+    ):
+        malicious_pickle(cifar / name, d / "PWNED")
     (d / "a_file").write_text("not a folder")
     return d
 
@@ -85,6 +109,7 @@ CASES: list[tuple[str, list[str], int, str]] = [
     ("analyze-model-does-not-fit-data", ["analyze", "{d}/small.safetensors", *SYN], 2, r"\bx of shape \(4, 1, 8, 8\)"),
     ("analyze-cifar-without-dir", ["analyze", "{d}/good.safetensors", "--data", "cifar10"], 2, r"data_dir"),
     ("analyze-data-dir-missing", ["analyze", "{d}/good.safetensors", "--data", "cifar10", "--data-dir", "{d}/nope"], 2, r"not found: .*nope"),
+    ("analyze-malicious-cifar-batch", ["analyze", "{d}/good.safetensors", "--data", "cifar10", "--data-dir", "{d}/cifar-10-batches-py"], 2, r"test_batch: unsafe or corrupt pickle"),
     ("analyze-out-under-a-file", ["analyze", "{d}/good.safetensors", *SYN, "--out", "{d}/a_file/r.csv"], 1, r"a_file"),
     # attack
     ("attack-missing-checkpoint", ["attack", "{d}/gone.safetensors", *SYN], 2, r"checkpoint not found"),
@@ -107,6 +132,8 @@ CASES: list[tuple[str, list[str], int, str]] = [
     ("train-bad-method", ["train", "{d}/train_ok.yaml", "--out", "{d}/t", "--method", "exact"], 2, r"regularizer\.method"),
     ("train-epochs-0", ["train", "{d}/train_ok.yaml", "--out", "{d}/t", "--epochs", "0"], 2, r"\bepochs: "),
     ("train-bad-device", ["train", "{d}/train_ok.yaml", "--out", "{d}/t", "--device", "tpu"], 2, r"\bdevice: "),
+    ("train-model-does-not-fit-data", ["train", "{d}/train_misfit.yaml", "--out", "{d}/t1", "--quiet"], 2, r"\bx of shape"),
+    ("train-labels-beyond-the-classes", ["train", "{d}/train_classes.yaml", "--out", "{d}/t2", "--quiet"], 2, r"labels? .*\[0, 2\)"),
     # run / evaluate / report
     ("run-missing-config", ["run", "{d}/gone.yaml"], 2, r"config file not found"),
     ("run-unknown-key", ["run", "{d}/study_unknown.yaml"], 2, r"unknown key 'bogus'"),
@@ -117,6 +144,7 @@ CASES: list[tuple[str, list[str], int, str]] = [
     ("evaluate-bad-budget", ["evaluate", "{d}/good.safetensors", "--data", "synthetic-gaussian", "--budget", "huge"], 2, r"attacks\.budget"),
     ("report-missing-dir", ["report", "{d}/no_run"], 2, r"run directory not found"),
     ("report-empty-dir", ["report", "{d}/empty_run"], 2, r"no finished evaluation"),
+    ("report-corrupt-json", ["report", "{d}/corrupt_run"], 2, r"0\.json"),
     # data
     ("data-fetch-unknown", ["data", "fetch", "imagenet"], 2, r"unknown dataset 'imagenet'"),
 ]  # fmt: skip
@@ -129,6 +157,9 @@ PENDING = {
     "analyze-model-does-not-fit-data": "the model's RuntimeError escapes unwrapped",
     "attack-model-does-not-fit-data": "the model's RuntimeError escapes unwrapped",
     "attack-levels-1": "levels < 2 divides by zero instead of raising",
+    "train-model-does-not-fit-data": "the trainer's forward raises torch's RuntimeError",
+    "train-labels-beyond-the-classes": "the trainer's cross-entropy raises torch's IndexError",
+    "report-corrupt-json": "a corrupt eval/<model>.json raises json.JSONDecodeError (traceback)",
 }
 
 
