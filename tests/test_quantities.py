@@ -514,6 +514,14 @@ def test_bad_arguments_are_named() -> None:
         salign.alignment(model, x, origin=torch.zeros(3))
     with pytest.raises(InputError, match="x"):
         salign.alignment(model, torch.rand(4))
+    with pytest.raises(InputTypeError, match="dtype"):
+        salign.alignment(model, torch.rand(2, 4, dtype=torch.float64))
+    with pytest.raises(InputError, match="classes"):
+        class_gradients(model, x, torch.zeros(3, 2, dtype=torch.long))
+    with pytest.raises(InputError, match="classes"):
+        class_gradients(model, x, torch.tensor([0, 7]))
+    with pytest.raises(InputError, match="create_graph"):
+        salign.saliency(model, x, create_graph=True, strategy="vmap")
 
 
 # ----------------------------------------------------------------------------- captum interop
@@ -578,3 +586,20 @@ def test_no_warnings_on_ordinary_input(smallnet8: nn.Module, x8: torch.Tensor) -
         warnings.simplefilter("error")
         salign.analyze(smallnet8, x8)
         salign.alignment(smallnet8, x8, normalized=True)
+
+
+@pytest.mark.slow
+def test_efficientnet_lite0_photo_with_candidates() -> None:
+    """K = 1000 on a real ImageNet model: candidates=10 gives finite quantities, ρ̃ ≤ runner-up's."""
+    if not salign.models.efficientnet_lite0_available():
+        pytest.skip("EfficientNet-Lite0 packages not installed")
+    model = salign.models.build("efficientnet_lite0")
+    x, _ = salign.data.load("photos", names=["chelsea"])
+    a = salign.analyze(model, x, candidates=10)
+    assert a.pred.shape == (1,) and 0 <= int(a.rival_nearest[0]) < 1000
+    assert bool(torch.isfinite(a.alignment_binarized).all()) and bool((a.linearized_robustness > 0).all())
+    ru = salign.linearized_robustness(model, x, rival="runner_up")
+    assert float(a.linearized_robustness[0]) <= float(ru[0]) * (1 + 1e-5)
+    assert bool(
+        (a.bias_distance >= (a.alignment_binarized - a.linearized_robustness).abs() * (1 - 1e-4)).all()
+    )

@@ -80,6 +80,14 @@ COTANGENT_CHUNK = 16
 # --------------------------------------------------------------------------------------------
 
 
+def _check_model_and_inputs(model: object, x: object, check_range: bool) -> None:
+    """Validate x (type, shape, finiteness, range) and the model (type, device)."""
+    check_inputs(x, check_range=check_range)
+    assert isinstance(x, Tensor)
+    check_model(model, x)
+    assert isinstance(model, nn.Module)
+
+
 def _resolve_strategy(strategy: str | None) -> str:
     name = DEFAULT_STRATEGY if strategy in (None, "auto") else strategy
     if name not in STRATEGIES:
@@ -98,54 +106,77 @@ class _Graph:
         self.strategy = strategy
         self.create_graph = create_graph
         self.x = x.detach().requires_grad_(True)
-        if strategy == "vmap":
-            if create_graph:
-                raise InputError("strategy='vmap' does not support create_graph=True; use 'loop'")
-            out, self._vjp_fn = torch.func.vjp(model, x.detach())
-        else:
-            with torch.enable_grad():
-                out = model(self.x)
+        self._freed = False
+        try:
+            if strategy == "vmap":
+                if create_graph:
+                    raise InputError("strategy='vmap' does not support create_graph=True; use 'loop'")
+                out, self._vjp_fn = torch.func.vjp(model, x.detach())
+            else:
+                with torch.enable_grad():
+                    out = model(self.x)
+        except RuntimeError as exc:
+            param = next((p for p in model.parameters() if p.is_floating_point()), None)
+            if param is not None and param.dtype != x.dtype and "dtype" in str(exc).lower():
+                raise InputTypeError(
+                    f"x has dtype {x.dtype} but the model's parameters are {param.dtype}; convert one "
+                    f"of them (e.g. x.to({param.dtype}) or model.to({x.dtype}))"
+                ) from exc
+            raise
         self.logits = check_logits(out, x.shape[0])
 
-    def vjp(self, cot: Tensor) -> Tensor:
-        """Input gradients of ⟨cot[m, n], Ψ(x_n)⟩ for every row m, shape (M, N, *x.shape[1:])."""
+    def vjp(self, cot: Tensor, *, last: bool = False) -> Tensor:
+        """Input gradients of ⟨cot[m, n], Ψ(x_n)⟩ for every row m, shape (M, N, *x.shape[1:]).
+
+        ``last=True`` lets autograd free the graph during the final backward (less memory
+        traffic); the graph cannot be differentiated again afterwards.
+        """
+        if self._freed:
+            raise RuntimeError("internal error: the forward graph was already freed")
         shape = (cot.shape[0], *self.x.shape)
         if self.strategy == "vmap":
             grads = torch.func.vmap(self._vjp_fn)(cot)[0]
             return grads if self.create_graph else grads.detach()
         if not self.logits.requires_grad:  # the output does not depend on x at all
             return self.x.new_zeros(shape)
+        free_at_end = last and not self.create_graph
         if self.strategy == "loop":
-            rows = [
-                torch.autograd.grad(
+            rows = []
+            for m, c in enumerate(cot):
+                (grad,) = torch.autograd.grad(
                     self.logits,
                     self.x,
                     grad_outputs=c,
-                    retain_graph=True,
+                    retain_graph=not (free_at_end and m == cot.shape[0] - 1),
                     create_graph=self.create_graph,
                     allow_unused=True,
-                )[0]
-                for c in cot
-            ]
+                )
+                rows.append(grad)
+            self._freed = free_at_end
             if rows[0] is None:
                 return self.x.new_zeros(shape)
-            return torch.stack(rows)
-        grad = torch.autograd.grad(
+            return rows[0].unsqueeze(0) if len(rows) == 1 else torch.stack(rows)
+        (grad,) = torch.autograd.grad(
             self.logits,
             self.x,
             grad_outputs=cot,
-            retain_graph=True,
+            retain_graph=not free_at_end,
             create_graph=self.create_graph,
             is_grads_batched=True,
             allow_unused=True,
-        )[0]
+        )
+        self._freed = free_at_end
         return self.x.new_zeros(shape) if grad is None else grad
 
     def vjp_chunks(self, cot: Tensor) -> Iterator[tuple[int, Tensor]]:
-        """Yield ``(start, grads)`` over row chunks of ``cot`` (bounded memory for large M)."""
+        """Yield ``(start, grads)`` over row chunks of ``cot`` (bounded memory for large M).
+
+        The graph is freed by the last chunk's backward.
+        """
         step = 1 if self.strategy == "loop" else COTANGENT_CHUNK
-        for start in range(0, cot.shape[0], step):
-            yield start, self.vjp(cot[start : start + step])
+        total = cot.shape[0]
+        for start in range(0, total, step):
+            yield start, self.vjp(cot[start : start + step], last=start + step >= total)
 
     def detached_logits(self) -> Tensor:
         return self.logits if self.create_graph else self.logits.detach()
@@ -176,8 +207,7 @@ def logit_vjps(
         ``(logits, grads)``: logits (N, K) (detached unless ``create_graph``) and grads of
         shape (M, N, *x.shape[1:]).
     """
-    check_model(model, x)
-    check_inputs(x, check_range=check_range)
+    _check_model_and_inputs(model, x, check_range)
     with eval_mode(model):
         graph = _Graph(model, x, strategy=_resolve_strategy(strategy), create_graph=create_graph)
         cot = combine(graph.logits.detach())
@@ -213,7 +243,8 @@ def class_gradients(
 
         logits, g = class_gradients(model, x, torch.arange(10))   # all 10 class gradients
     """
-    n = x.shape[0] if isinstance(x, Tensor) and x.ndim > 0 else 0
+    check_inputs(x, check_range=check_range)
+    n = x.shape[0]
     if not isinstance(classes, Tensor):
         raise InputTypeError(f"classes must be a tensor of class indices, got {type(classes).__name__}")
     if classes.ndim == 1:
@@ -424,8 +455,7 @@ def nearest_rival(
     Returns:
         :class:`NearestRival` with j*, ρ̃, the margin, g_{j*} and its norm, the logits and i.
     """
-    check_model(model, x)
-    check_inputs(x, check_range=check_range)
+    _check_model_and_inputs(model, x, check_range)
     cand = _check_candidates(candidates)
     with eval_mode(model):
         graph = _Graph(model, x, strategy=_resolve_strategy(strategy), create_graph=create_graph)
@@ -465,8 +495,7 @@ def _saliency(
     _check_mode(mode)
     _check_rival_arg(rival)
     cand = _check_candidates(candidates)
-    check_model(model, x)
-    check_inputs(x, check_range=check_range)
+    _check_model_and_inputs(model, x, check_range)
     with eval_mode(model):
         graph = _Graph(model, x, strategy=_resolve_strategy(strategy), create_graph=create_graph)
         logits = graph.logits.detach()
@@ -479,12 +508,12 @@ def _saliency(
             if graph.strategy == "vmap":
                 p = torch.softmax(logits, 1)
                 cot = (p - F.one_hot(tgt, k).to(p.dtype)).unsqueeze(0)
-                return _Saliency(graph.vjp(cot)[0], loss.detach(), tgt, None)
+                return _Saliency(graph.vjp(cot, last=True)[0], loss.detach(), tgt, None)
             grad = torch.autograd.grad(loss.sum(), graph.x, create_graph=create_graph)[0]
             return _Saliency(grad, loss if create_graph else loss.detach(), tgt, None)
         onehot_t = F.one_hot(tgt, k).to(logits.dtype)
         if mode == "logit":
-            grad = graph.vjp(onehot_t.unsqueeze(0))[0]
+            grad = graph.vjp(onehot_t.unsqueeze(0), last=True)[0]
             value = graph.detached_logits().gather(1, tgt[:, None])[:, 0]
             return _Saliency(grad, value, tgt, None)
         # binarized
@@ -506,7 +535,7 @@ def _saliency(
             found = res.rival >= 0
             value = torch.where(found, res.margin, ru_margin)
             return _Saliency(res.gradient, value, tgt, torch.where(found, res.rival, ru))
-        grad = graph.vjp((onehot_t - F.one_hot(riv, k).to(logits.dtype)).unsqueeze(0))[0]
+        grad = graph.vjp((onehot_t - F.one_hot(riv, k).to(logits.dtype)).unsqueeze(0), last=True)[0]
         lg = graph.detached_logits()
         value = lg.gather(1, tgt[:, None])[:, 0] - lg.gather(1, riv[:, None])[:, 0]
         return _Saliency(grad, value, tgt, riv)
@@ -919,7 +948,7 @@ def _analyze_chunk(
         margin = torch.where(res.rival >= 0, res.margin, runner_up_margin)
     else:
         cot = torch.cat([onehot_i, onehot_i - F.one_hot(runner_up, k).to(logits.dtype).unsqueeze(0)])
-        grads = graph.vjp(cot)
+        grads = graph.vjp(cot, last=True)
         s, g, riv = grads[0], grads[1], runner_up
         riv_nearest = torch.full_like(pred, -1)
         margin = runner_up_margin
@@ -997,8 +1026,7 @@ def analyze(
     """
     from salign._progress import progress
 
-    check_model(model, x)
-    check_inputs(x, check_range=check_range)
+    _check_model_and_inputs(model, x, check_range)
     if rival not in ("nearest", "runner_up"):
         raise InputError(f"analyze: rival must be 'nearest' or 'runner_up', got {rival!r}")
     cand = _check_candidates(candidates)
