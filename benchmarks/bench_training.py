@@ -160,6 +160,16 @@ def bench_cost(repeats: int, steps: int, threads: int) -> tuple[str, dict[str, f
             f"| {k} | {1000 * min(wall[k]):.0f} | {1000 * statistics.median(wall[k]):.0f} | {ratios[k]:.2f} | "
             f"{1000 * c:.0f} | {c / base_cpu:.2f} | {goals.get(k, '')} |"
         )
+    verdicts = []
+    for k, goal in goals.items():
+        limit = float(goal.strip("≤ ×"))
+        cpu_ratio = statistics.median(cpu[k]) / base_cpu
+        met = ratios[k] <= limit and cpu_ratio <= limit
+        verdicts.append(
+            f"{k}: {ratios[k]:.2f}× (min wall), {cpu_ratio:.2f}× (CPU) vs goal {goal}: "
+            f"**{'met' if met else 'missed' if ratios[k] > limit and cpu_ratio > limit else 'borderline'}**"
+        )
+    lines += ["", "; ".join(verdicts) + "."]
     return "\n".join(lines), ratios
 
 
