@@ -648,3 +648,63 @@ def test_check_differentiable() -> None:
     assert validation.check_differentiable(out, x) is out
     with torch.no_grad():
         validation.check_differentiable(MODEL(x), x)  # no grad mode: nothing to check
+
+
+# ---------------------------------------------------------------------------------------------
+# training runs: a config or data the model cannot use fails before the first step
+
+
+TINY_TRAIN = {
+    "epochs": 1,
+    "batch_size": 4,
+    "model": {"name": "relu_mlp", "kwargs": {"input_shape": list(SHAPE), "hidden": [4], "num_classes": K}},
+}
+
+
+@pytest.mark.parametrize(
+    ("case", "data", "exc", "pattern"),
+    [
+        ("x-does-not-fit-model", lambda: (torch.rand(8, 1, 5, 5), Y[:4].repeat(2), X, Y), InputError, r"\bx of shape \(2, 1, 5, 5\)"),
+        ("labels-beyond-classes", lambda: (X, Y + 1, X, Y), InputError, r"training labels must be in \[0, 3\)"),
+        ("val-labels-beyond-classes", lambda: (X, Y, X, Y + 1), InputError, r"validation labels must be in \[0, 3\)"),
+    ],
+    ids=["x-does-not-fit-model", "labels-beyond-classes", "val-labels-beyond-classes"],
+)  # fmt: skip
+def test_training_data_that_does_not_fit_the_model(
+    case: str,
+    data: Callable[[], Any],
+    exc: type[Exception],
+    pattern: str,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    request.applymarker(
+        pytest.mark.xfail(strict=True, reason="the trainer does not check data against the model")
+    )
+    with pytest.raises(exc, match=pattern):
+        training.train(dict(TINY_TRAIN), run_dir=tmp_path / "run", data=data(), quiet=True)
+
+
+def test_training_config_of_the_wrong_type(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    request.applymarker(pytest.mark.xfail(strict=True, reason="train(5) raises pathlib's TypeError"))
+    with pytest.raises(
+        InputTypeError, match=r"\bconfig must be a TrainConfig, a dict or a YAML path, got int"
+    ):
+        training.train(5, run_dir=tmp_path / "run")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [("eval/0.json", "{not json"), ("timings.json", "[1, 2"), ("config.yaml", "name: [x")],
+    ids=["eval-json", "timings-json", "config-yaml"],
+)
+def test_report_of_a_corrupt_run_directory(
+    name: str, content: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    request.applymarker(pytest.mark.xfail(strict=True, reason="json/yaml parse errors escape from load_run"))
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "0.csv").write_text("id,alignment\n0,0.5\n")
+    (tmp_path / "eval" / "0.json").write_text('{"lambda": 0}')
+    (tmp_path / name).write_text(content)
+    with pytest.raises(DataError, match=name.replace(".", r"\.")):
+        salign.report.render(tmp_path)
