@@ -714,3 +714,22 @@ def test_report_of_a_corrupt_run_directory(
     (tmp_path / name).write_text(content)
     with pytest.raises(DataError, match=name.replace(".", r"\.")):
         salign.report.render(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("model", "labels", "exc", "pattern"),
+    [
+        (Detached(MODEL), None, ModelOutputError, r"not differentiable"),
+        (NaNOutput(MODEL), None, ModelOutputError, r"contains NaN or Inf"),
+        (ThreeDimensional(MODEL), None, ModelOutputError, r"must have shape \(N, K\)"),
+        (MODEL, Y + 3, InputError, r"\by must be in \[0, 3\)"),
+    ],
+    ids=["detached", "nan", "3d", "labels"],
+)
+def test_check_model_on(model: torch.nn.Module, labels: Any, exc: type[Exception], pattern: str) -> None:
+    bn = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.BatchNorm1d(16), torch.nn.Linear(16, 3)).train()
+    stats = bn[1].running_mean.clone()
+    assert validation.check_model_on(bn, X).shape == (5, 3)
+    assert torch.equal(bn[1].running_mean, stats) and bn.training  # eval mode inside, restored
+    with pytest.raises(exc, match=pattern):
+        validation.check_model_on(model, X, labels, labels_name="y")

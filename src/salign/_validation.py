@@ -129,6 +129,32 @@ def check_differentiable(out: Tensor, x: Tensor, *, name: str = "model output") 
     return out
 
 
+def check_model_on(
+    model: nn.Module,
+    x: Tensor,
+    labels: Tensor | None = None,
+    *,
+    differentiable: bool = True,
+    labels_name: str = "labels",
+) -> Tensor:
+    """One validating forward pass: ``model`` must take ``x`` and return finite (N, K) logits
+    (differentiable in ``x`` if ``differentiable``), and ``labels`` must be classes below K.
+
+    Runs in eval mode (no BatchNorm statistics change, mode restored) and touches no parameter
+    gradient. Raises the :mod:`salign.errors` exception that names the culprit; returns the
+    detached logits. Public functions call it up front where one extra forward is cheap, or
+    only after a failure (to turn torch's error into a clear one) where it is not.
+    """
+    x_req = x.detach().requires_grad_(differentiable)
+    with eval_mode(model), torch.enable_grad():
+        out = check_logits(run_model(model, x_req), x.shape[0])
+        if differentiable:
+            check_differentiable(out, x_req)
+    if labels is not None:
+        check_labels(labels, x.shape[0], out.shape[1], name=labels_name)
+    return out.detach()
+
+
 def resolve_device(device: object, *, name: str = "device") -> torch.device:
     """Parse a device option (``"cpu"``, ``"cuda"``, ``"cuda:1"``, a ``torch.device``) and check
     that it can run computations here; errors name ``name`` (e.g. ``"--device"``)."""
