@@ -58,7 +58,7 @@ def register_slow() -> None:
 def slow_config() -> dict:
     return tiny_config(
         model={"name": "slow_mlp_test", "kwargs": {"delay": 0.02}},
-        epochs=3,
+        epochs=2,
         batch_size=8,
         checkpoint_every_steps=3,
         regularizer={"lambda": 0.3},

