@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from salign._io import write_text_atomic
 from salign._progress import progress_bar
-from salign._validation import eval_mode
+from salign._validation import check_inputs, check_labels, check_model_on, eval_mode
 from salign.errors import CheckpointError, ConfigError, DataError
 from salign.training import distributed as dist_util
 from salign.training.adversarial import ddn_examples, pgd_l2_examples
@@ -381,6 +381,7 @@ def _train(
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     inner = models.build(cfg.model.name, **cfg.model.kwargs).to(device)
+    _check_data_fits(inner, x_tr, y_tr, x_va, y_va)
     inner.train()
     params = [p for p in inner.parameters() if p.requires_grad]
     if cfg.optimizer.name == "sgd":
@@ -536,6 +537,18 @@ def _train(
         )
     dist_util.barrier(info)
     return final
+
+
+def _check_data_fits(model: nn.Module, x_tr: Tensor, y_tr: Tensor, x_va: Tensor, y_va: Tensor) -> None:
+    """Fail early, naming the culprit, if the model cannot take the data or the labels exceed K."""
+    if x_tr.shape[0] == 0:
+        raise DataError("the training set is empty")
+    check_inputs(x_tr[:256], name="training images x")
+    out = check_model_on(model, x_tr[:2])
+    k = out.shape[1]
+    check_labels(y_tr, y_tr.shape[0], k, name="training labels")
+    if x_va.shape[0]:
+        check_labels(y_va, y_va.shape[0], k, name="validation labels")
 
 
 def _schedule_record(cfg: TrainConfig, next_epoch: int) -> dict[str, Any]:
