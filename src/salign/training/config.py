@@ -84,6 +84,8 @@ class RegularizerConfig(_Strict):
     computes the penalty on the first ⌈f·B⌉ examples of each batch only (cheaper).
     ``batchnorm``: ``"batch"`` (batch statistics in the penalty's forward, as the authors) or
     ``"running"`` (running statistics: a separate forward with BatchNorm in eval mode).
+    With ``penalty_fraction`` < 1 and ``"batch"``, the penalised and the other examples go
+    through separate forwards, so each part is normalised with its own batch statistics.
     """
 
     lambda_: float = Field(default=0.0, ge=0, alias="lambda")

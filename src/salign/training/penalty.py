@@ -212,6 +212,10 @@ def gradient_norm_penalty(
     It needs one input-gradient backward and one extra forward, and no double backward. The
     error is O(h) times the curvature of ``s`` along ``d``; for piecewise-linear (ReLU) models
     it is exact while ``x + h d`` stays in the same linear region. Not defined for p = ∞.
+    With ``target="loss"`` on models made of per-example Conv2d/Linear layers (SmallNet, the
+    ReLU nets) the backward takes the first forward's parameter gradients from the output
+    gradients caught during the direction's backward (:mod:`salign.training._fd_fast`): the
+    same gradient, about 15 % cheaper per step.
 
     Args:
         model: a classifier returning logits (N, K). Used in its current mode: in train mode
