@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.grad as nn_grad
 from torch import Tensor, nn
 
 #: Leaf modules that act on each example separately and hold no parameters.
@@ -123,7 +124,7 @@ class Recorder:
             inp, g = rec["input"].detach(), rec["grad"]
             g = g * scale.to(g.dtype).view(-1, *([1] * (g.ndim - 1)))
             if isinstance(m, nn.Conv2d):
-                gw = torch.nn.grad.conv2d_weight(
+                gw = nn_grad.conv2d_weight(
                     inp,
                     m.weight.shape,
                     g,

@@ -215,7 +215,7 @@ def gradient_norm_penalty(
     With ``target="loss"`` on models made of per-example Conv2d/Linear layers (SmallNet, the
     ReLU nets) the backward takes the first forward's parameter gradients from the output
     gradients caught during the direction's backward (:mod:`salign.training._fd_fast`): the
-    same gradient, about 15 % cheaper per step.
+    same gradient, 10–20 % cheaper per step (docs/benchmarks/training.md).
 
     Args:
         model: a classifier returning logits (N, K). Used in its current mode: in train mode
