@@ -124,6 +124,7 @@ class ReportConfig(_Strict):
     n_bootstrap: int = Field(default=2000, ge=100)
     level: float = Field(default=0.95, gt=0, lt=1)
     linear_sanity: bool = True
+    figures: bool = Field(default=True, description="draw the PNG figures (false: tables and HTML only)")
 
 
 class ExperimentConfig(_Strict):

@@ -9,6 +9,7 @@ they finish, so a killed evaluation resumes at the first missing chunk.
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Any
 
 import numpy as np
@@ -83,20 +84,24 @@ def evaluate_chunk(
     Returns:
         ``(frame, costs)``: a pandas DataFrame (``sample_id``, the Analysis columns, ``rho``,
         ``rho_success``, ``adv_class``, ``best_attack``, ``rho_<a>``, ``success_<a>``) and
-        ``{"seconds_analyze", "seconds_attacks", "forwards", "backwards"}``.
+        ``{"seconds_analyze", "seconds_attacks", "forwards", "backwards", "flags", "warnings"}``
+        (the attacks' sanity-flag counts and the warnings raised, which are recorded instead of
+        printed: they go to ``eval/<model>.json`` and the report).
     """
     import salign
 
     known = bool((labels >= 0).all())
     t0 = time.perf_counter()
-    analysis = salign.analyze(
-        model,
-        x,
-        labels.to(x.device) if known else None,
-        rival=rival,  # type: ignore[arg-type]
-        candidates=candidates,
-        batch_size=batch_size,
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        analysis = salign.analyze(
+            model,
+            x,
+            labels.to(x.device) if known else None,
+            rival=rival,  # type: ignore[arg-type]
+            candidates=candidates,
+            batch_size=batch_size,
+        )
     t1 = time.perf_counter()
     frame = analysis.to_frame()
     frame.insert(0, C.SAMPLE_ID, sample_ids.cpu().numpy())
@@ -105,9 +110,11 @@ def evaluate_chunk(
         frame[C.LABEL] = lab
         frame[C.CORRECT] = (frame[C.PRED].to_numpy() == lab) & (lab >= 0)
     torch.manual_seed(seed)
-    result = salign.robustness(
-        model, x, None, attacks=list(attacks), budget=budget, steps=steps, batch_size=attack_batch_size
-    )
+    with warnings.catch_warnings(record=True) as caught_attacks:
+        warnings.simplefilter("always")
+        result = salign.robustness(
+            model, x, None, attacks=list(attacks), budget=budget, steps=steps, batch_size=attack_batch_size
+        )
     t2 = time.perf_counter()
     frame[C.RHO] = result.distance.detach().cpu().double().numpy()
     frame[C.RHO_SUCCESS] = result.success.detach().cpu().numpy()
@@ -118,13 +125,33 @@ def evaluate_chunk(
             continue
         frame[C.ATTACK_PREFIX + name] = res.distance.detach().cpu().double().numpy()
         frame[C.SUCCESS_PREFIX + name] = res.success.detach().cpu().numpy()
-    costs = {
+    costs: dict[str, Any] = {
         "seconds_analyze": t1 - t0,
         "seconds_attacks": t2 - t1,
         "forwards": float(result.forwards),
         "backwards": float(result.backwards),
+        "flags": dict(result.flags),
+        "warnings": [str(w.message) for w in [*caught, *caught_attacks]],
     }
     return frame, costs
+
+
+def merge_costs(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Sum the numeric costs and flag counts of several chunks; keep each distinct warning once."""
+    out: dict[str, Any] = {"seconds_analyze": 0.0, "seconds_attacks": 0.0, "forwards": 0.0, "backwards": 0.0}
+    flags: dict[str, int] = {}
+    messages: list[str] = []
+    for part in parts:
+        for key in out:
+            out[key] += float(part.get(key, 0.0))
+        for key, value in part.get("flags", {}).items():
+            flags[key] = flags.get(key, 0) + int(value)
+        for msg in part.get("warnings", []):
+            if msg not in messages:
+                messages.append(msg)
+    out["flags"] = flags
+    out["warnings"] = messages
+    return out
 
 
 @torch.no_grad()

@@ -35,6 +35,7 @@ from salign.experiments.evaluate import (
     evaluate_chunk,
     evaluation_subset,
     gallery_positions,
+    merge_costs,
     save_gallery,
 )
 from salign.experiments.sharding import Shard, barrier, current_shard, gather_to_main, shard_bounds
@@ -227,7 +228,7 @@ def evaluate_stage_model(
     parts = _parts_dir(run_dir, tag)
     parts.mkdir(parents=True, exist_ok=True)
     frames = []
-    costs_total = {"seconds_analyze": 0.0, "seconds_attacks": 0.0, "forwards": 0.0, "backwards": 0.0}
+    chunk_costs: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     chunk_starts = list(range(start, stop, ev.chunk_size))
     for c0 in progress(chunk_starts, desc=f"evaluate {tag}", total=len(chunk_starts), quiet=quiet):
@@ -250,20 +251,19 @@ def evaluate_stage_model(
             attack_batch_size=cfg.attacks.batch_size,
             seed=cfg.seed * 1_000_003 + c0,
         )
-        for key, value in costs.items():
-            costs_total[key] += value
+        chunk_costs.append(costs)
         with atomic_open(part, "w", encoding="utf-8", newline="") as fh:
             frame.to_csv(fh, index=False)
         frames.append(pd.read_csv(part))  # the same dtypes as a resumed chunk
     local = pd.concat(frames, ignore_index=True) if frames else None
-    gathered = gather_to_main((local, costs_total), shard)
+    gathered = gather_to_main((local, merge_costs(chunk_costs)), shard)
     seconds = time.perf_counter() - t0
     if not shard.is_main:
         return
     assert gathered is not None
     table = pd.concat([f for f, _ in gathered if f is not None], ignore_index=True)
     table = table.sort_values("sample_id", kind="stable").reset_index(drop=True)
-    total_costs = {k: sum(c[k] for _, c in gathered) for k in costs_total}
+    total_costs = merge_costs([c for _, c in gathered])
     with atomic_open(run_dir / EVAL_DIR / f"{tag}.csv", "w", encoding="utf-8", newline="") as fh:
         table.to_csv(fh, index=False)
     if ev.gallery:
@@ -384,7 +384,11 @@ def run(
             timings.add("pipeline", time.perf_counter() - started)
             t0 = time.perf_counter()
             report = render(
-                run_dir, n_bootstrap=cfg.report.n_bootstrap, seed=cfg.seed, level=cfg.report.level
+                run_dir,
+                n_bootstrap=cfg.report.n_bootstrap,
+                seed=cfg.seed,
+                level=cfg.report.level,
+                figures=cfg.report.figures,
             )
             timings.add("report", time.perf_counter() - t0)
         barrier(shard)

@@ -74,6 +74,7 @@ def render(
     n_bootstrap: int | None = None,
     seed: int | None = None,
     level: float = 0.95,
+    figures: bool | None = None,
 ) -> Report:
     """Compute T1, draw P1–P8 and write ``summary.csv``, ``figures/`` and ``report.html``.
 
@@ -83,6 +84,8 @@ def render(
             ``report.n_bootstrap`` or 2000).
         seed: bootstrap seed (default: the config's ``seed`` or 0).
         level: confidence level of the intervals.
+        figures: draw the PNG figures (default: the config's ``report.figures`` or True);
+            False writes only summary.csv and a report.html without figures.
     """
     from salign._io import atomic_open
     from salign.report.figures import save_figures
@@ -101,10 +104,12 @@ def render(
     summary_path = root / SUMMARY_FILE
     with atomic_open(summary_path, "w", encoding="utf-8", newline="") as fh:
         summary.to_csv(fh, index=False)
-    figures = save_figures(run, summary, root / FIGURES_DIR)
+    if figures is None:
+        figures = bool(report_cfg.get("figures", True))
+    written = save_figures(run, summary, root / FIGURES_DIR) if figures else {}
     sentences = reading(summary, level=level)
     checks = trend_checks(summary) if len(run.models) > 1 else {}
     config_text = (root / CONFIG_FILE).read_text(encoding="utf-8") if (root / CONFIG_FILE).is_file() else ""
-    page = render_html(run, summary, figures, sentences, config_text=config_text, checks=checks)
+    page = render_html(run, summary, written, sentences, config_text=config_text, checks=checks)
     html_path = write_html(root / REPORT_FILE, page)
-    return Report(html_path, summary_path, figures, summary, sentences, checks)
+    return Report(html_path, summary_path, written, summary, sentences, checks)

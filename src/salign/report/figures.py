@@ -439,14 +439,15 @@ def figure_linearization(run: RunData, summary: Any = None) -> Any:
 
 
 def _step_hist(ax: Any, values: np.ndarray, bins: np.ndarray, color: Any, label: str) -> None:
+    weights = np.full(values.shape, 1.0 / max(values.size, 1))
     ax.hist(
         np.clip(values, bins[0], bins[-1]),
         bins=bins,
+        weights=weights,
         histtype="step",
         lw=1.6,
         color=color,
         label=label,
-        density=True,
     )
 
 
@@ -480,16 +481,21 @@ def figure_bias_histograms(run: RunData, summary: Any = None) -> Any:
             with np.errstate(divide="ignore", invalid="ignore"):
                 rels.append(ratio / rho_lin)
     rel_all = np.concatenate(rels) if rels else np.array([1.0])
-    rel_all = rel_all[np.isfinite(rel_all)]
-    rel_hi = float(np.percentile(rel_all, 99)) if rel_all.size else 1.0
-    rel_bins = np.linspace(0, rel_hi if rel_hi > 0 else 1.0, 50)
+    rel_all = rel_all[np.isfinite(rel_all) & (rel_all > 0)]
+    log_rel = rel_all.size > 0
+    if log_rel:
+        r_lo, r_hi = np.percentile(rel_all, [1, 99])
+        r_hi = max(float(r_hi), float(r_lo) * 10)
+        rel_bins = np.geomspace(float(r_lo), r_hi, 50)
+    else:
+        rel_bins = np.linspace(0, 1, 50)
     for m in run.models:
         if C.BIAS_RATIO not in m.frame:
             continue
         ratio, rho_lin = _finite(m.frame[C.BIAS_RATIO], m.frame[C.RHO_LIN])
         with np.errstate(divide="ignore", invalid="ignore"):
             rel = ratio / rho_lin
-        rel = rel[np.isfinite(rel)]
+        rel = rel[np.isfinite(rel) & (rel > 0)]
         _step_hist(
             axes[1],
             rel,
@@ -497,11 +503,14 @@ def figure_bias_histograms(run: RunData, summary: Any = None) -> Any:
             colors[m.tag],
             f"{m.label} (median {np.median(rel):.2f})" if rel.size else m.label,
         )
-    axes[1].set_xlabel(r"$(|\beta_{j^*}|/\|g\|)\,/\,\tilde\rho$ (clipped at the 99th pct)")
+    if log_rel:
+        axes[1].set_xscale("log")
+        axes[1].axvline(1, color="0.4", lw=0.8, ls="--")
+    axes[1].set_xlabel(r"$(|\beta_{j^*}|/\|g\|)\,/\,\tilde\rho$ (log; 1st–99th pct; >1: bias dominates)")
     axes[1].set_title(r"T4 slack relative to $\tilde\rho$ (0 = bias-free behaviour)", fontsize=10)
     hom_all = np.concatenate([_finite(m.frame[C.HOMOGENEOUS])[0] for m in run.models])
-    h_lo, h_hi = np.percentile(hom_all, [1, 99]) if hom_all.size else (0.0, 2.0)
-    h_lo, h_hi = min(float(h_lo), 0.9), max(float(h_hi), 1.1)
+    h_lo, h_hi = np.percentile(hom_all, [5, 95]) if hom_all.size else (0.0, 2.0)
+    h_lo, h_hi = min(float(h_lo), 0.0), max(float(h_hi), 2.0)
     hom_bins = np.linspace(h_lo, h_hi, 60)
     for m in run.models:
         h = _finite(m.frame[C.HOMOGENEOUS])[0]
@@ -514,11 +523,11 @@ def figure_bias_histograms(run: RunData, summary: Any = None) -> Any:
         )
     axes[2].axvline(1, color="0.4", lw=0.8, ls="--")
     axes[2].set_xlabel(
-        r"homogeneous fraction $\langle x, g\rangle \,/\, (\Psi^{i^*} - \Psi^{j^*})$ (1st–99th pct)"
+        r"homogeneous fraction $\langle x, g\rangle \,/\, (\Psi^{i^*} - \Psi^{j^*})$ (clipped to the 5th–95th pct)"
     )
     axes[2].set_title(r"1 = margin fully explained by $\langle x, g\rangle$ (bias-free)", fontsize=10)
     for ax in axes:
-        ax.set_ylabel("density")
+        ax.set_ylabel("fraction of samples")
         ax.legend(fontsize=7)
         ax.grid(alpha=0.25)
     fig.suptitle("P6 Effective bias and homogeneous decomposition (T3)", fontsize=11)

@@ -194,6 +194,16 @@ def render_html(
         )
         parts.append(f"<h3>Versions</h3><table><tbody>{vrows}</tbody></table>")
     parts.append(f"<h3>Timings</h3>{_timings_html(run)}")
+    notes = []
+    for m in run.models:
+        flags = {k: v for k, v in (m.meta.get("flags") or {}).items() if v}
+        msgs = m.meta.get("warnings") or []
+        if flags or msgs:
+            text = ", ".join(f"{k}: {v}" for k, v in flags.items())
+            items = "".join(f"<li>{html.escape(str(w))}</li>" for w in msgs)
+            notes.append(f"<li><b>{html.escape(m.label)}</b> {html.escape(text)}<ul>{items}</ul></li>")
+    if notes:
+        parts.append(f"<h3>Evaluation warnings and attack sanity flags</h3><ul>{''.join(notes)}</ul>")
     if config_text:
         parts.append(f"<h3>Resolved config</h3><pre>{html.escape(config_text)}</pre>")
     parts.append(f"<p class='sub'>Run directory: {html.escape(str(run.run_dir.resolve()))}</p>")
