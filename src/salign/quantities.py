@@ -168,15 +168,28 @@ class _Graph:
         self._freed = free_at_end
         return self.x.new_zeros(shape) if grad is None else grad
 
-    def vjp_chunks(self, cot: Tensor) -> Iterator[tuple[int, Tensor]]:
-        """Yield ``(start, grads)`` over row chunks of ``cot`` (bounded memory for large M).
+    def vjp_chunks(
+        self, cot: Tensor | Callable[[int, int], Tensor], total: int | None = None
+    ) -> Iterator[tuple[int, Tensor]]:
+        """Yield ``(start, grads)`` over row chunks of the cotangents (bounded memory for large M).
 
-        The graph is freed by the last chunk's backward.
+        ``cot`` is an (M, N, K) tensor, or a function ``(start, stop) -> rows`` with ``total``
+        rows in all (so that K = 1000 cotangents are never materialised at once). The graph is
+        freed by the last chunk's backward.
         """
+        if isinstance(cot, Tensor):
+            rows, total = cot, cot.shape[0]
+
+            def make(start: int, stop: int) -> Tensor:
+                return rows[start:stop]
+        else:
+            if total is None:
+                raise TypeError("total is required when cot is a function")
+            make = cot
         step = 1 if self.strategy == "loop" else COTANGENT_CHUNK
-        total = cot.shape[0]
         for start in range(0, total, step):
-            yield start, self.vjp(cot[start : start + step], last=start + step >= total)
+            stop = min(start + step, total)
+            yield start, self.vjp(make(start, stop), last=stop >= total)
 
     def detached_logits(self) -> Tensor:
         return self.logits if self.create_graph else self.logits.detach()
@@ -372,10 +385,19 @@ def _search_nearest(
     k = logits.shape[1]
     rivals = _candidate_rivals(logits, target, candidates)  # (N, M)
     onehot_t = F.one_hot(target, k).to(logits.dtype)
-    cot = onehot_t.unsqueeze(0) - _one_hot_rows(rivals, k, logits.dtype)  # (M, N, K)
     n_extra = 0 if extra_rows is None else extra_rows.shape[0]
-    if extra_rows is not None:
-        cot = torch.cat([extra_rows, cot])
+
+    def cotangents(start: int, stop: int) -> Tensor:
+        """Rows [start, stop) of [extra rows; e_i − e_j for each candidate j], shape (·, N, K)."""
+        parts = []
+        if start < n_extra:
+            assert extra_rows is not None
+            parts.append(extra_rows[start : min(stop, n_extra)])
+        lo, hi = max(start - n_extra, 0), stop - n_extra
+        if hi > lo:
+            parts.append(onehot_t.unsqueeze(0) - _one_hot_rows(rivals[:, lo:hi], k, logits.dtype))
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
     margins = logits.gather(1, target[:, None]) - logits.gather(1, rivals)  # (N, M)
 
     n = logits.shape[0]
@@ -385,7 +407,7 @@ def _search_nearest(
     best_margin = logits.new_full((n,), math.nan)
     best_grad: Tensor | None = None
     extra: list[Tensor] = []
-    for start, grads in graph.vjp_chunks(cot):
+    for start, grads in graph.vjp_chunks(cotangents, n_extra + rivals.shape[1]):
         for r in range(grads.shape[0]):
             row = start + r
             g = grads[r]
