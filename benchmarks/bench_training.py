@@ -2,7 +2,7 @@
 
 Run:  .venv/bin/python benchmarks/bench_training.py [--quick] [--skip-effect] [--skip-cost]
 
-1. Cost of one optimizer step (SmallNet, batch 100, torch.set_num_threads(2), CPU), timed
+1. Cost of one optimizer step (SmallNet, batch 100, CPU, 2 threads and then 1 thread), timed
    interleaved and repeated, median per step, relative to a plain cross-entropy step:
    - double backprop: "two forwards" (a separate CE forward plus a penalty forward, what one
      writes when the penalty is a function of its own), "textbook one forward"
@@ -262,9 +262,10 @@ def main() -> None:
     parts = [
         "# Training benchmarks (salign.training)",
         "",
-        f"Command: `.venv/bin/python benchmarks/bench_training.py{' --quick' if args.quick else ''}` "
+        f"Command: `.venv/bin/python benchmarks/bench_training.py{''.join(' ' + a for a in sys.argv[1:])}` "
         f"({datetime.date.today().isoformat()}, torch {torch.__version__}, CPU, "
-        "`torch.set_num_threads(2)`, a shared 2-core machine: timings are noisy, ratios are what counts).",
+        "a shared 2-core machine: timings are noisy, ratios are what counts). A skipped part keeps the "
+        "section of the previous run, with its own date.",
         "",
     ]
     if args.skip_cost:
