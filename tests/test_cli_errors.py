@@ -157,8 +157,6 @@ PENDING = {
     "analyze-model-does-not-fit-data": "the model's RuntimeError escapes unwrapped",
     "attack-model-does-not-fit-data": "the model's RuntimeError escapes unwrapped",
     "attack-levels-1": "levels < 2 divides by zero instead of raising",
-    "train-model-does-not-fit-data": "the trainer's forward raises torch's RuntimeError",
-    "train-labels-beyond-the-classes": "the trainer's cross-entropy raises torch's IndexError",
     "report-corrupt-json": "a corrupt eval/<model>.json raises json.JSONDecodeError (traceback)",
 }
 
