@@ -67,11 +67,13 @@ def _alma(
     check_steps: int = 10,
     tau: float = 0.95,
     rho_growth: float = 1.2,
-    alpha: float = 0.9,
+    alpha: float | None = None,
     logit_tolerance: float = 1e-4,
     start: Tensor | None = None,
 ) -> None:
     """ALMA iterations on the active samples of ``tracker`` (see :func:`alma`)."""
+    if alpha is None:
+        alpha = 0.9 if steps >= 500 else 0.5
     n = x.shape[0]
     delta = torch.zeros_like(x)
     if start is not None:
@@ -154,7 +156,7 @@ def alma(
     check_steps: int = 10,
     tau: float = 0.95,
     rho_growth: float = 1.2,
-    alpha: float = 0.9,
+    alpha: float | None = None,
     logit_tolerance: float = 1e-4,
     start: Tensor | None = None,
     patience: int | None = None,
@@ -186,7 +188,8 @@ def alma(
         check_steps: steps between checks of constraint improvement (the paper's M = 10).
         tau: required constraint improvement ratio τ (0.95).
         rho_growth: penalty increase factor γ (1.2).
-        alpha: EMA weight of μ and the RMSProp/momentum constants (0.9).
+        alpha: EMA weight of μ and the RMSProp/momentum constants; ``None``: 0.9 for 500
+            steps or more (the paper's 1000-step setting), 0.5 below (adv-lib's 100-step setting).
         logit_tolerance: small margin added to the logit difference so that solutions sit
             strictly on the adversarial side (1e-4).
         start: optional warm start (N, ...): δ starts at ``start − x``.

@@ -58,8 +58,6 @@ def _options(name: str, steps: int) -> dict[str, Any]:
     if name == "carlini_wagner":
         rounds = 5 if steps >= 500 else 3
         return {"steps": max(steps // rounds, 1), "binary_search_steps": rounds, "initial_const": 0.1}
-    if name == "alma" and steps < 500:
-        return {"steps": steps, "alpha": 0.5}
     return {"steps": steps}
 
 

@@ -80,10 +80,16 @@ def _fmn(
             # first adversarial point, jump just past the linearised distance to the boundary (the
             # factor 1 + γ keeps exactly linear models from stalling on the boundary itself)
             to_boundary = margin.detach().abs() / l2_norm(grad).clamp_min(1e-12)
+            searching = (d_norm + to_boundary) * (1 + gamma)
+            previous = eps[idx]
+            # ... and never shrinks while searching (the box clamp can otherwise hold δ below ε)
+            searching = torch.where(
+                torch.isfinite(previous), torch.maximum(searching, previous * (1 + gamma)), searching
+            )
             e = torch.where(
                 is_adv,
                 torch.minimum(eps[idx] * (1 - gamma), best),
-                torch.where(seen, eps[idx] * (1 + gamma), (d_norm + to_boundary) * (1 + gamma)),
+                torch.where(seen, eps[idx] * (1 + gamma), searching),
             )
             e = torch.minimum(torch.nan_to_num(e, nan=float("inf")), worst[idx])
             eps[idx] = e
@@ -116,8 +122,9 @@ def fmn(
     normalised gradient step on the logit margin ``Ψ_y − max_{j≠y} Ψ_j`` and projects δ onto
     the ball of radius ε, where ε shrinks by ``1 − γ`` (and to the best norm so far) at
     adversarial points, grows by ``1 + γ`` otherwise, and before the first adversarial point is
-    set just beyond the linearised distance, ``(‖δ‖ + |margin| / ‖∇margin‖)(1 + γ)`` (the factor
-    ``1 + γ`` is ours: without it an exactly linear model stalls on the boundary). Step size α and γ follow
+    set just beyond the linearised distance, ``(‖δ‖ + |margin| / ‖∇margin‖)(1 + γ)``, and at least
+    ``(1 + γ)`` times the previous ε (both ours: without the factor an exactly linear model
+    stalls on the boundary, and without the growth the box clamp can hold δ below ε forever). Step size α and γ follow
     cosine schedules. The smallest adversarial point visited is returned.
 
     Args:
