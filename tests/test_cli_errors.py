@@ -142,6 +142,7 @@ CASES: list[tuple[str, list[str], int, str]] = [
     ("evaluate-missing-checkpoint", ["evaluate", "{d}/gone.safetensors", "--data", "synthetic-gaussian"], 2, r"checkpoint not found"),
     ("evaluate-malicious-pickle", ["evaluate", "{d}/evil.pt", "--data", "synthetic-gaussian", "--out", "{d}/ev"], 2, r"evil\.pt"),
     ("evaluate-bad-budget", ["evaluate", "{d}/good.safetensors", "--data", "synthetic-gaussian", "--budget", "huge"], 2, r"attacks\.budget"),
+    ("evaluate-model-does-not-fit-data", ["evaluate", "{d}/small.safetensors", "--data", "synthetic-gaussian", "--n", "4", "--budget", "fast", "--out", "{d}/ev2", "--quiet"], 2, r"\bx of shape"),
     ("report-missing-dir", ["report", "{d}/no_run"], 2, r"run directory not found"),
     ("report-empty-dir", ["report", "{d}/empty_run"], 2, r"no finished evaluation"),
     ("report-corrupt-json", ["report", "{d}/corrupt_run"], 2, r"0\.json"),
@@ -157,6 +158,7 @@ PENDING = {
     "analyze-model-does-not-fit-data": "the model's RuntimeError escapes unwrapped",
     "attack-model-does-not-fit-data": "the model's RuntimeError escapes unwrapped",
     "attack-levels-1": "levels < 2 divides by zero instead of raising",
+    "evaluate-model-does-not-fit-data": "the model's RuntimeError escapes unwrapped",
     "report-corrupt-json": "a corrupt eval/<model>.json raises json.JSONDecodeError (traceback)",
 }
 
