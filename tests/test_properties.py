@@ -238,3 +238,38 @@ def test_gradient_penalty_is_a_per_sample_mean(
 def test_archs_build(arch: str) -> None:
     model, x = make(arch, torch.float32, 0, 2)
     assert model(x).shape[0] == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# security: what a config names cannot make the pipeline write outside its run directory
+
+
+@PROPERTY_SETTINGS
+@given(
+    lambdas=st.lists(
+        st.floats(min_value=0, max_value=1e300, allow_nan=False, allow_infinity=False), min_size=1, max_size=5
+    ),
+    name=st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,20}", fullmatch=True),
+)
+def test_run_paths_stay_inside_the_run_directory(
+    lambdas: list[float], name: str, tmp_path_factory: Any
+) -> None:
+    from salign.errors import ConfigError
+    from salign.report.rundata import EVAL_DIR, MODELS_DIR, lambda_tag
+
+    try:
+        cfg = salign.experiments.config_from_dict(
+            {"name": name, "training": {"epochs": 1}, "sweep": {"lambdas": lambdas}}
+        )
+    except ConfigError:
+        return  # e.g. two λ with the same tag: refused, nothing written
+    run_dir = (tmp_path_factory.getbasetemp() / "runs" / cfg.name).resolve()
+    assert run_dir.parent.name == "runs"
+    for lam in cfg.lambdas():
+        tag = lambda_tag(lam)
+        assert "/" not in tag and "\\" not in tag and tag not in ("", ".", "..")
+        for path in (
+            run_dir / MODELS_DIR / tag / "checkpoint.safetensors",
+            run_dir / EVAL_DIR / f"{tag}.csv",
+        ):
+            assert path.resolve().is_relative_to(run_dir)
