@@ -363,3 +363,44 @@ def test_demo_config_is_packaged_and_matches_the_repository_copy() -> None:
     assert packaged.read_text() == (REPO / "configs" / "demo.yaml").read_text()
     cfg = load_config(packaged)
     assert len(cfg.lambdas()) >= 4 and cfg.evaluation.n >= 500 and cfg.model.name == "smallnet"
+
+
+def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
+    import os
+
+    os.environ.update(
+        {
+            "RANK": str(rank),
+            "WORLD_SIZE": str(world),
+            "LOCAL_RANK": str(rank),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+    )
+    torch.set_num_threads(1)
+    run(_tiny(**{"report.linear_sanity": False}), out=out, quiet=True)
+
+
+@pytest.mark.slow
+def test_two_ranks_shard_the_evaluation_and_gather_on_rank_0(tmp_path: Path) -> None:
+    """A real 2-process gloo job (as under torchrun): rank 0 writes one complete, ordered table."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = tmp_path / "ddp"
+    mp.start_processes(_ddp_worker, args=(2, port, str(out)), nprocs=2, join=True, start_method="spawn")
+    for tag in ("0", "1"):
+        table = pd.read_csv(out / "eval" / f"{tag}.csv")
+        assert table["sample_id"].tolist() == evaluation_subset(256, 24, 0).tolist()
+        model = salign.models.load(out / "models" / tag / "checkpoint.safetensors")
+        x, y = salign.data.load("synthetic-gaussian", "test")
+        ids = torch.tensor(table["sample_id"].to_numpy())
+        expected = salign.analyze(model, x[ids], y[ids])
+        np.testing.assert_allclose(table["alignment"], expected.alignment.numpy(), rtol=1e-4, atol=1e-6)
+    summary = pd.read_csv(out / "summary.csv")
+    assert (summary["t4_holds"] == summary["t4_n"]).all()
+    assert yaml.safe_load((out / "config.yaml").read_text())["resolved"]["world_size"] == 2

@@ -48,6 +48,7 @@ from salign.report.rundata import (
     REPORT_FILE,
     SANITY_FILE,
     SUMMARY_FILE,
+    SUMMARY_MD_FILE,
     TIMINGS_FILE,
     lambda_tag,
 )
@@ -104,7 +105,7 @@ def prepare_run_dir(
         if force and cfg_path.is_file():
             for name in (MODELS_DIR, EVAL_DIR, FIGURES_DIR):
                 shutil.rmtree(run_dir / name, ignore_errors=True)
-            for name in (SUMMARY_FILE, REPORT_FILE, TIMINGS_FILE):
+            for name in (SUMMARY_FILE, SUMMARY_MD_FILE, REPORT_FILE, TIMINGS_FILE):
                 with contextlib.suppress(FileNotFoundError):
                     (run_dir / name).unlink()
         elif cfg_path.is_file():

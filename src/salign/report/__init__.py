@@ -20,6 +20,7 @@ from salign.report.rundata import (
     MODELS_DIR,
     REPORT_FILE,
     SUMMARY_FILE,
+    SUMMARY_MD_FILE,
     RunData,
     lambda_tag,
     load_run,
@@ -41,6 +42,7 @@ __all__ = [
     "MODELS_DIR",
     "REPORT_FILE",
     "SUMMARY_FILE",
+    "SUMMARY_MD_FILE",
     "Correlation",
     "Report",
     "RunData",
@@ -76,7 +78,7 @@ def render(
     level: float = 0.95,
     figures: bool | None = None,
 ) -> Report:
-    """Compute T1, draw P1–P8 and write ``summary.csv``, ``figures/`` and ``report.html``.
+    """Compute T1, draw P1–P8 and write ``summary.csv``, ``summary.md``, ``figures/`` and ``report.html``.
 
     Args:
         run_dir: a run directory with finished evaluations (``eval/<model>.csv`` + ``.json``).
@@ -87,9 +89,10 @@ def render(
         figures: draw the PNG figures (default: the config's ``report.figures`` or True);
             False writes only summary.csv and a report.html without figures.
     """
-    from salign._io import atomic_open
+    from salign._io import atomic_open, write_text_atomic
     from salign.report.figures import save_figures
     from salign.report.html import render_html, write_html
+    from salign.report.markdown import summary_markdown
     from salign.report.reading import reading, trend_checks
     from salign.report.tables import summary_table
 
@@ -112,4 +115,5 @@ def render(
     config_text = (root / CONFIG_FILE).read_text(encoding="utf-8") if (root / CONFIG_FILE).is_file() else ""
     page = render_html(run, summary, written, sentences, config_text=config_text, checks=checks)
     html_path = write_html(root / REPORT_FILE, page)
+    write_text_atomic(root / SUMMARY_MD_FILE, summary_markdown(run, summary, sentences, checks))
     return Report(html_path, summary_path, written, summary, sentences, checks)

@@ -119,17 +119,17 @@ def reading(summary: Any, *, level: float = 0.95) -> list[str]:
         rel = (rows["bias_ratio_median"] / rows["rho_lin_median"]).to_numpy(dtype=float)
         hom = rows["homogeneous_median"].to_numpy(dtype=float) if "homogeneous_median" in rows else None
         text = (
-            f"The effective-bias slack |β_{{j*}}|/‖g‖ has a median of {', '.join(f'{v:.2f}' for v in rel)} × the median ρ̃ "
+            f"The effective-bias slack |β_j*|/‖g‖ has a median of {', '.join(f'{v:.2f}' for v in rel)} × the median ρ̃ "
             f"({', '.join(_model_label(m) for m in rows['model'])})"
         )
         if hom is not None:
-            text += f"; the median homogeneous fraction ⟨x,g⟩/(Ψ^{{i*}}−Ψ^{{j*}}) is {', '.join(f'{v:.2f}' for v in hom)}"
+            text += f"; the median homogeneous fraction ⟨x,g⟩/(Ψ^i* − Ψ^j*) is {', '.join(f'{v:.2f}' for v in hom)}"
         out.append(text + ".")
     t4 = summary[summary["model"] == POOLED] if len(pooled) else rows
     if "t4_holds" in t4 and len(t4):
         holds, n = int(t4["t4_holds"].sum()), int(t4["t4_n"].sum())
         out.append(
-            f"The T4 bound |α_bin − ρ̃| ≤ |β_{{j*}}|/‖g‖ holds on {holds}/{n} samples"
+            f"The T4 bound |α_bin − ρ̃| ≤ |β_j*|/‖g‖ holds on {holds}/{n} samples"
             + (" (100%)." if holds == n else f" ({100 * holds / max(n, 1):.2f}%): check the violations.")
         )
     return out

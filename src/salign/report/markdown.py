@@ -1,0 +1,37 @@
+"""A Markdown version of the report's reading and main table (``summary.md``), for docs and PRs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from salign.report.html import MAIN_COLUMNS, _cell
+from salign.report.rundata import RunData
+
+
+def _plain(cell: str) -> str:
+    """Strip the HTML span that marks the T4 count."""
+    if cell.startswith("<span"):
+        return cell[cell.index(">") + 1 : cell.rindex("</span>")]
+    return cell
+
+
+def summary_markdown(
+    run: RunData, summary: Any, sentences: list[str], checks: dict[str, bool] | None = None
+) -> str:
+    """The reading (bullets), the checks and table T1's main columns as Markdown."""
+    cols = [(c, h) for c, h in MAIN_COLUMNS if c in summary.columns]
+    lines = [f"## {run.name}", ""]
+    n_eval = int(run.models[0].frame.shape[0]) if run.models else 0
+    seed = run.config.get("seed", "–")
+    lines.append(f"{len(run.models)} model(s), N = {n_eval} evaluated samples per model, seed {seed}.")
+    lines.append("")
+    lines += [f"- {s}" for s in sentences]
+    if checks:
+        lines.append("")
+        lines += [f"- [{'x' if ok else ' '}] {name.replace('_', ' ')}" for name, ok in checks.items()]
+    header = " | ".join(h.replace("|", "\\|") for _, h in cols)
+    lines += ["", f"| {header} |", "|" + "---|" * len(cols)]
+    for _, row in summary.iterrows():
+        r = row.to_dict()
+        lines.append("| " + " | ".join(_plain(_cell(r, c)) for c, _ in cols) + " |")
+    return "\n".join(lines) + "\n"
