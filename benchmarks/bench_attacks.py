@@ -211,6 +211,27 @@ def table(name: str, out: dict[str, Any], n: int, steps: int) -> tuple[list[str]
     return lines, ratios
 
 
+def cost_pair(model: torch.nn.Module, x: torch.Tensor, steps: int, attack: str) -> list[str]:
+    """Our DDN or FMN (early exit) and foolbox's at equal steps, side by side: one table row each."""
+    import foolbox as fb
+
+    with torch.no_grad():
+        labels = model(x).argmax(1)
+    fn, theirs = {"ddn": (ddn, fb.attacks.DDNAttack), "fmn": (fmn, fb.attacks.L2FMNAttack)}[attack]
+    a = ours(fn, model, x, labels, steps=steps, patience=max(50, steps // 10))
+    b = run_foolbox(theirs(steps=steps), model, x, labels)
+    env = torch.minimum(a["distance"], b["distance"])
+    rows = []
+    for key, r in ((f"ours {attack} {steps}", a), (f"fb {attack} {steps}", b)):
+        rows.append(
+            f"| {key} | {median(r['distance']):.4f} | {median(r['distance']) / median(env):.4f} | "
+            f"{float(torch.isfinite(r['distance']).float().mean()):.1%} | {r['forwards'] / len(x):.0f} | "
+            f"{r['backwards'] / len(x):.0f} | {r['seconds']:.1f} |"
+        )
+    rows.append(f"| **time ratio ours ÷ foolbox** | | | | | | **{a['seconds'] / b['seconds']:.2f}** |")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -227,9 +248,23 @@ def main() -> None:
     parser.add_argument(
         "--assemble", type=str, default="", help="only write the report from cached per-model runs"
     )
+    parser.add_argument(
+        "--cost-only",
+        type=str,
+        default="",
+        help="ddn or fmn: only ours vs foolbox at equal steps (plain model)",
+    )
     parser.add_argument("--quick", action="store_true", help="n=40, steps=200, sweep 30")
     parser.add_argument("--out", type=Path, default=DOC)
     args = parser.parse_args()
+    if args.cost_only:
+        torch.set_num_threads(args.threads)
+        x_all, _ = salign.data.load("mnist", "test")
+        model = get_model(0.0, args.epochs)
+        rows = cost_pair(model, x_all[: args.n], args.steps, args.cost_only)
+        (CACHE / f"cost_{args.cost_only}_n{args.n}_s{args.steps}.json").write_text(json.dumps(rows))
+        print("\n".join(rows))
+        return
     if args.quick:
         args.n, args.steps, args.sweep = 40, 200, "30"
     torch.set_num_threads(args.threads)

@@ -264,3 +264,16 @@ def test_thorough_budget_adds_cold_started_copies() -> None:
     assert set(res.per_attack) == {"deepfool", "ddn", "carlini_wagner", "ddn_cold"}
     assert float((res.distance / rho - 1).abs().max()) < 1e-3
     assert res.per_attack["ddn_cold"].backwards >= 3 * 20  # cold copies do not start from the best point
+
+
+def test_fmn_reaches_a_boundary_behind_the_box() -> None:
+    # class 1 needs +0.3 on the last pixel, but the gradient points mostly out of the box (below
+    # 0 on the other pixels), so most of each step is clamped away
+    model = nn.Linear(10, 2).double()
+    w = torch.tensor([-1.0] * 9 + [0.1], dtype=torch.float64)
+    model.weight.data = torch.stack([torch.zeros(10, dtype=torch.float64), w])
+    model.bias.data = torch.tensor([0.08, 0.0], dtype=torch.float64)
+    x = torch.tensor([[0.0] * 9 + [0.5]], dtype=torch.float64)
+    res = fmn(model, x, steps=300)
+    assert bool(res.success.all())
+    assert float(res.distance[0]) == pytest.approx(0.3, rel=1e-3)

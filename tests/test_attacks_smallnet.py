@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import salign
-from salign.attacks import ddn, robustness
+from salign.attacks import ddn, fmn, robustness
 
 CACHE = Path(__file__).resolve().parent.parent / "benchmarks" / ".cache" / "smallnet_lam0_ep1.safetensors"
 
@@ -60,3 +60,15 @@ def test_ensemble_matches_the_best_of_foolbox_on_smallnet() -> None:
         assert float(ours.distance.median()) <= 1.01 * float(theirs[0].median())
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_fmn_finds_samples_where_the_box_clamp_used_to_stall_it() -> None:
+    # MNIST test samples 18 and 78: before ε was made to grow while searching, FMN never found an
+    # adversarial point for them on the cached plain SmallNet (the clamp held ‖δ‖ below ε)
+    if not CACHE.exists():
+        pytest.skip("needs the benchmark's cached SmallNet")
+    model = salign.models.load(CACHE).eval()
+    x, _ = salign.data.load("mnist", "test")
+    res = fmn(model, x[[18, 78]], steps=200)
+    assert bool(res.success.all())
