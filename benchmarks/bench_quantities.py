@@ -192,6 +192,30 @@ def previous_study() -> str | None:
     return text[start:].strip() + "\n" if start >= 0 else None
 
 
+def study_only(args: argparse.Namespace, argv: list[str]) -> int:
+    """Replace the candidates-study block of the doc, keeping the timing sections above it."""
+    torch.set_num_threads(int(str(args.threads).split(",")[-1]))
+    effnet = salign.models.build("efficientnet_lite0").eval()
+    photos, _ = salign.data.load("photos")
+    xs = photos[args.study_start : args.study_start + args.study_images]
+    lines = [
+        f"{STUDY_HEADER} over K = 1000 (EfficientNet-Lite0, {xs.shape[0]} skimage photos, "
+        f"{torch.get_num_threads()} thread(s); command: `python benchmarks/bench_quantities.py "
+        f"{' '.join(argv)}`)\n",
+        *candidates_study(effnet, xs, (1, 3, 10, 30, 100)),
+        "",
+    ]
+    block = "\n".join(lines) + "\n"
+    print(block)
+    if not args.no_write:
+        text = DOC.read_text(encoding="utf-8") if DOC.exists() else ""
+        start = text.find(STUDY_HEADER)
+        head = text[:start] if start >= 0 else text
+        DOC.write_text(head.rstrip() + "\n\n" + block, encoding="utf-8")
+        print(f"wrote {DOC}")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=9)
@@ -205,8 +229,16 @@ def main(argv: list[str]) -> int:
         action="store_true",
         help="keep the candidates study already in the doc (slow to redo)",
     )
+    parser.add_argument(
+        "--study-only",
+        action="store_true",
+        help="redo only the candidates study (photos [--study-start, +--study-images)), keeping the timings",
+    )
+    parser.add_argument("--study-start", type=int, default=0, help="first photo of the candidates study")
     parser.add_argument("--no-write", action="store_true", help="print only, do not write the doc")
     args = parser.parse_args(argv)
+    if args.study_only:
+        return study_only(args, argv)
     threads = [int(t) for t in str(args.threads).split(",")]
     repeats = 3 if args.quick else args.repeats
     torch.manual_seed(0)
@@ -259,7 +291,7 @@ def main(argv: list[str]) -> int:
         else:
             torch.set_num_threads(threads[-1])
             print("candidates study (exact search over 1000 classes; minutes) ...", flush=True)
-            xs = photos[: args.study_images]
+            xs = photos[args.study_start : args.study_start + args.study_images]
             out.append(
                 f"{STUDY_HEADER} over K = 1000 (EfficientNet-Lite0, {xs.shape[0]} skimage photos, "
                 f"{threads[-1]} thread(s))\n"
