@@ -92,19 +92,23 @@ def _range(*arrays: np.ndarray, positive: bool) -> tuple[float, float]:
 # P1 saliency gallery
 
 
-def saliency_to_image(saliency: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+def saliency_to_image(saliency: np.ndarray, *, percentile: float = 99.5) -> tuple[np.ndarray, dict[str, Any]]:
     """Map a (C, H, W) saliency map to an image with zero at mid-grey (paper §9.6).
 
-    Each channel is scaled symmetrically by its own max |s|: s/(2·max|s|) + 1/2, so −max is
-    black, 0 is mid-grey and +max is white. Returns the image and ``imshow`` keyword arguments.
+    Each channel is scaled symmetrically, s/(2·m) + 1/2 clipped to [0, 1], so −m is black, 0 is
+    mid-grey and +m is white. The paper's m is max |s|; here m is the ``percentile`` of |s|
+    per channel (100 gives the paper's max), because on large images a handful of extreme pixels
+    would otherwise grey out the whole map. Returns the image and ``imshow`` keyword arguments.
     """
     s = np.asarray(saliency, dtype=np.float64)
-    peak = np.abs(s).reshape(s.shape[0], -1).max(axis=1)
+    flat = np.abs(s).reshape(s.shape[0], -1)
+    peak = np.percentile(flat, percentile, axis=1)
+    peak = np.where(peak > 0, peak, flat.max(axis=1))
     peak = np.where(peak > 0, peak, 1.0)
-    img = s / (2 * peak[:, None, None]) + 0.5
+    img = np.clip(s / (2 * peak[:, None, None]) + 0.5, 0.0, 1.0)
     if s.shape[0] == 1:
         return img[0], {"cmap": "gray", "vmin": 0.0, "vmax": 1.0}
-    return np.clip(img.transpose(1, 2, 0), 0, 1), {}
+    return img.transpose(1, 2, 0), {}
 
 
 def _input_to_image(x: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
@@ -136,8 +140,10 @@ def figure_gallery(run: RunData, summary: Any = None, *, max_images: int = 6) ->
         ax.imshow(img, interpolation="nearest", **kw)
         first = models[0].frame
         hit = first[first[C.SAMPLE_ID] == sid]
-        if len(hit) and C.LABEL in hit:
+        if len(hit) and C.LABEL in hit and int(hit[C.LABEL].iloc[0]) >= 0:
             ax.set_xlabel(f"#{int(sid)}  label {int(hit[C.LABEL].iloc[0])}", fontsize=7)
+        elif len(hit) and C.PRED in hit:
+            ax.set_xlabel(f"#{int(sid)}  unlabelled, pred {int(hit[C.PRED].iloc[0])}", fontsize=7)
         else:
             ax.set_xlabel(f"#{int(sid)}", fontsize=7)
     axes[0, 0].set_title("input", fontsize=9)
@@ -163,11 +169,14 @@ def figure_gallery(run: RunData, summary: Any = None, *, max_images: int = 6) ->
         ax.set_yticks([])
         for spine in ax.spines.values():
             spine.set_visible(False)
+    sep = "\n" if cols <= 3 else ": "
     fig.suptitle(
-        r"P1 Saliency maps $\nabla_x\Psi^{F(x)}(x)$: zero = mid-grey, white = raises the predicted logit",
-        fontsize=10,
+        r"P1 Saliency maps $\nabla_x\Psi^{F(x)}(x)$"
+        + sep
+        + "zero = mid-grey, white = raises the predicted logit",
+        fontsize=10 if cols > 2 else 8,
     )
-    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    fig.tight_layout(rect=(0, 0, 1, 0.97 if cols > 3 else 0.95))
     return fig
 
 

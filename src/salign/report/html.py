@@ -34,7 +34,8 @@ MAIN_COLUMNS = (
 )
 
 FIGURE_CAPTIONS = {
-    "p1_saliency_gallery": "P1 — saliency gallery: inputs and ∇Ψ^{F(x)} per model, symmetric scale, zero at mid-grey.",
+    "p1_saliency_gallery": "P1 — saliency gallery: inputs and ∇Ψ^{F(x)} per model; symmetric scale per image and channel "
+    "(±99.5th percentile of |s|), zero at mid-grey.",
     "p2_alpha_vs_rho": "P2 — alignment vs robustness per image, identity line α = ρ, diamonds = per-model medians.",
     "p3_medians_vs_lambda": "P3 — median α and median ρ with interquartile bars across the λ sweep.",
     "p4_accuracy_vs_lambda": "P4 — clean accuracy and median ρ vs λ.",
