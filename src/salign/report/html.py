@@ -50,7 +50,7 @@ body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:2em
 color:#222;line-height:1.45;padding:0 1em}
 h1{margin-bottom:.2em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
 .sub{color:#666;margin-top:0}
-table{border-collapse:collapse;font-size:.85em;margin:.6em 0}
+table{border-collapse:collapse;font-size:.8em;margin:.6em 0;display:block;overflow-x:auto}
 th,td{border:1px solid #ddd;padding:.3em .55em;text-align:right}th{background:#f4f4f4}
 td:first-child,th:first-child{text-align:left}
 .reading li{margin:.3em 0}
