@@ -262,6 +262,7 @@ def test_resume_after_kill_redoes_nothing_finished(tmp_path: Path, monkeypatch: 
     assert not list(out.rglob(".*.tmp"))
 
 
+@pytest.mark.slow
 def test_kill_during_training_resumes_the_sweep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import salign.training as training
 
@@ -290,6 +291,7 @@ def test_kill_during_training_resumes_the_sweep(tmp_path: Path, monkeypatch: pyt
     assert trained == ["0", "1"]  # λ=0 trained once, λ=1 once after the restart
 
 
+@pytest.mark.slow
 def test_different_config_in_the_same_directory_and_force(tiny_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     shutil.copytree(tiny_run, out)
