@@ -28,8 +28,7 @@ def register(app: typer.Typer) -> None:
         force: bool = typer.Option(False, "--force", help="Redo everything instead of resuming."),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
     ) -> None:
-        """Run the embedded demo study (MNIST SmallNet, 4 λ values; minutes on a laptop CPU) and
-        print the path of its report.html."""
+        """Run the embedded demo study (MNIST SmallNet, 4 λ values) and print its report.html path."""
         from salign.experiments import packaged_config, run
 
         report = run(packaged_config("demo"), out=out, force=force, quiet=quiet or None)
