@@ -516,6 +516,13 @@ def test_bad_arguments_are_named() -> None:
         salign.alignment(model, torch.rand(4))
     with pytest.raises(InputTypeError, match="dtype"):
         salign.alignment(model, torch.rand(2, 4, dtype=torch.float64))
+    for bad in (math.nan, math.inf, -math.inf):
+        xb = x.clone()
+        xb[1, 2] = bad
+        with pytest.raises(InputError, match="NaN or Inf"):
+            salign.alignment(model, xb, check_range=False)
+        with pytest.raises(InputError, match="NaN or Inf"):
+            salign.analyze(model, xb)
     with pytest.raises(InputError, match="classes"):
         class_gradients(model, x, torch.zeros(3, 2, dtype=torch.long))
     with pytest.raises(InputError, match="classes"):
