@@ -93,7 +93,11 @@ def test_checkpoint_for_another_architecture_is_refused(tmp_path) -> None:
     # Rewrite the metadata to claim another architecture with the same weights.
     from safetensors.torch import load_file, save_file
 
-    save_file(load_file(path), str(path), metadata={"salign_model": '{"name": "relu_mlp", "kwargs": {"hidden": [32]}}'})
+    save_file(
+        load_file(path),
+        str(path),
+        metadata={"salign_model": '{"name": "relu_mlp", "kwargs": {"hidden": [32]}}'},
+    )
     with pytest.raises(CheckpointError, match="do not match model 'relu_mlp'"):
         M.load(path)
 
