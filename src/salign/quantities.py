@@ -150,7 +150,13 @@ class _Graph:
                     f"x has dtype {x.dtype} but the model's parameters are {param.dtype}; convert one "
                     f"of them (e.g. x.to({param.dtype}) or model.to({x.dtype}))"
                 ) from exc
-            raise
+            if isinstance(exc, torch.OutOfMemoryError):
+                raise
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InputError(
+                f"model failed on x of shape {tuple(x.shape)} ({first}); check that x has the shape "
+                "the model expects"
+            ) from exc
         self.logits = check_logits(out, x.shape[0])
 
     def vjp(self, cot: Tensor, *, last: bool = False) -> Tensor:
