@@ -155,8 +155,6 @@ PENDING = {
     "analyze-bad-device": "--device is passed to torch unchecked (RuntimeError traceback)",
     "analyze-meta-device": "--device is passed to torch unchecked (RuntimeError traceback)",
     "attack-bad-device": "--device is passed to torch unchecked (RuntimeError traceback)",
-    "attack-model-does-not-fit-data": "the model's RuntimeError escapes unwrapped",
-    "attack-levels-1": "levels < 2 divides by zero instead of raising",
     "report-corrupt-json": "a corrupt eval/<model>.json raises json.JSONDecodeError (traceback)",
 }
 

@@ -19,7 +19,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from salign._validation import check_inputs, check_labels, check_logits, check_model, eval_mode
+from salign._validation import (
+    check_differentiable,
+    check_inputs,
+    check_labels,
+    check_logits,
+    check_model,
+    eval_mode,
+    run_model,
+)
 from salign.attacks.result import FLAG_NAMES, AttackResult, concat_results
 from salign.errors import InputError, ModelOutputError
 
@@ -39,13 +47,14 @@ class CountingModel(nn.Module):
         self.backwards = 0
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.model(x)
+        out = run_model(self.model, x)
         n = x.shape[0]
         if not isinstance(out, Tensor) or out.ndim != 2 or out.shape[0] != n or out.shape[1] < 2:
             shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise ModelOutputError(
                 f"model output must be a tensor of logits of shape ({n}, K>=2), got {shape}"
             )
+        check_differentiable(out, x)
         self.forwards += n
         if out.requires_grad:
             out.register_hook(self._backward_hook(n))
@@ -312,9 +321,11 @@ def verify(
 
 
 def prepare(
-    model: object, x: object, labels: object, *, name: str = "attack"
+    model: object, x: object, labels: object, *, name: str = "attack", levels: object = None
 ) -> tuple[nn.Module, Tensor, Tensor | None]:
-    """Validate model, inputs ([0, 1], finite) and labels (None allowed); return them."""
+    """Validate model, inputs ([0, 1], finite), labels (None allowed) and ``levels``; return them."""
+    if levels is not None and (isinstance(levels, bool) or not isinstance(levels, int) or levels < 2):
+        raise InputError(f"levels must be an integer >= 2 (e.g. 256) or None, got {levels!r}")
     model = check_model(model)
     x = check_inputs(x)
     model = check_model(model, x)
@@ -390,7 +401,7 @@ def run_attack(
 ) -> AttackResult:
     """Validate, run ``impl`` chunk by chunk under eval mode with frozen parameters, tighten by a
     line search, verify, and return an :class:`AttackResult`."""
-    model, x, labels = prepare(model, x, labels)
+    model, x, labels = prepare(model, x, labels, levels=levels)
     start = options.get("start")
     if start is not None:
         start = check_inputs(start, name="start")

@@ -235,7 +235,7 @@ def robustness(
     if cold_copies:
         plan += [(f"{name}_cold", name, False) for name in dict.fromkeys(attacks) if ATTACKS[name][1]]
     plan = [(label, name, warm and ATTACKS[name][1]) for label, name, warm in plan]
-    model, x, labels = prepare(model, x, labels)
+    model, x, labels = prepare(model, x, labels, levels=levels)
     parts = []
     slices = chunks(x.shape[0], batch_size)
     with (
