@@ -7,9 +7,17 @@ model's mode is left to the caller (the trainer runs them in eval mode by defaul
 
 from __future__ import annotations
 
+import functools
+import math
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from salign._validation import check_inputs, check_labels, check_model, check_model_on
+from salign.errors import InputError, ModelOutputError
 
 
 def _unit(v: Tensor) -> Tensor:
@@ -24,6 +32,46 @@ def _project_l2(delta: Tensor, eps: Tensor | float) -> Tensor:
     return delta * factor.view(-1, *([1] * (delta.ndim - 1)))
 
 
+#: Options that must be finite numbers >= 0 (``steps``: an integer >= 0).
+_NON_NEGATIVE = ("epsilon", "max_norm", "step_size", "gamma", "init_norm")
+
+
+def _validated(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """Check the arguments of an example generator, and turn torch's errors from inside the
+    model (or NaN results) into errors that name the argument at fault."""
+
+    @functools.wraps(fn)
+    def wrapper(model: nn.Module, x: Tensor, y: Tensor, **options: Any) -> Tensor:
+        check_model(model)
+        check_inputs(x)
+        check_model(model, x)
+        y = check_labels(y, x.shape[0], name="y").to(x.device)
+        for name in _NON_NEGATIVE:
+            value = options.get(name)
+            if value is not None and (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or value < 0
+            ):
+                raise InputError(f"{name} must be a finite number >= 0, got {value!r}")
+        steps = options.get("steps")
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 0):
+            raise InputError(f"steps must be an integer >= 0, got {steps!r}")
+        try:
+            out = fn(model, x, y, **options)
+        except (RuntimeError, IndexError, TypeError, ValueError, AttributeError):
+            check_model_on(model, x, y, labels_name="y")
+            raise
+        if not bool(torch.isfinite(out).all()):
+            check_model_on(model, x, y, labels_name="y")
+            raise ModelOutputError(f"{fn.__name__}: the model's output became NaN or Inf during the attack")
+        return out
+
+    return wrapper
+
+
+@_validated
 def pgd_l2_examples(
     model: nn.Module,
     x: Tensor,
@@ -72,6 +120,7 @@ def pgd_l2_examples(
     return (x + delta).detach()
 
 
+@_validated
 def ddn_examples(
     model: nn.Module,
     x: Tensor,

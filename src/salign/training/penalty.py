@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from salign._validation import check_inputs, check_labels, check_model
+from salign._validation import check_inputs, check_labels, check_model, check_model_on
 from salign.errors import InputError
 from salign.training import _fd_fast
 
@@ -254,9 +254,16 @@ def gradient_norm_penalty(
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
     check_model(model, x)
-    terms = penalty_terms(
-        model, x, y, p=p, method=method, target=target, scaling=scaling, h=h, batch_size=batch_size
-    )
+    try:
+        terms = penalty_terms(
+            model, x, y, p=p, method=method, target=target, scaling=scaling, h=h, batch_size=batch_size
+        )
+    except (RuntimeError, IndexError, TypeError, ValueError):
+        # torch's error from inside the model, the loss or autograd: name the argument at fault
+        check_model_on(model, x, y, labels_name="y")
+        raise
+    if not bool(torch.isfinite(terms.cross_entropy).all()):
+        check_model_on(model, x, y, labels_name="y")  # NaN/Inf logits: a ModelOutputError
     penalty = terms.penalty.mean()
     if return_loss:
         return penalty, terms.cross_entropy.mean()
