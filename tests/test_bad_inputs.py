@@ -64,21 +64,6 @@ META_MODEL = tiny_mlp().to("meta")
 #: Cases that failed when the battery was written, with the reason; each is marked
 #: xfail(strict=True) so that the fix (which makes it pass) must also remove it from here.
 PENDING: dict[str, str] = {
-    "[gradient_norm_penalty-x-shape-does-not-fit-model]": "the model's RuntimeError from torch escapes unwrapped",
-    "[gradient_norm_penalty-model-3d-output]": "gradient_norm_penalty does not check the model output",
-    "[gradient_norm_penalty-model-tuple-output]": "gradient_norm_penalty does not check the model output",
-    "[gradient_norm_penalty-model-nan-output]": "gradient_norm_penalty does not check the model output",
-    "[gradient_norm_penalty-model-inf-output]": "gradient_norm_penalty does not check the model output",
-    "[labels-out-of-range-gradient_norm_penalty]": "gradient_norm_penalty does not check labels against K",
-    "[labels-negative-gradient_norm_penalty]": "gradient_norm_penalty does not check labels against K",
-    "test_non_differentiable_model_is_refused[gradient_norm_penalty]": "autograd's RuntimeError escapes",
-    "test_non_differentiable_model_is_refused[pgd_l2_examples]": "autograd's RuntimeError escapes",
-    "test_non_differentiable_model_is_refused[ddn_examples]": "autograd's RuntimeError escapes",
-    "[gradient_norm_penalty-x-dtype-does-not-fit-model]": "the model's RuntimeError (dtype mismatch) escapes unwrapped",
-    "[pgd_l2_examples-": "pgd_l2_examples validates nothing (torch errors or silent results)",
-    "-pgd_l2_examples]": "pgd_l2_examples validates nothing (torch errors or silent results)",
-    "[ddn_examples-": "ddn_examples validates nothing (torch errors or silent results)",
-    "-ddn_examples]": "ddn_examples validates nothing (torch errors or silent results)",
     "test_bad_experiment_yaml[nan-lambda]": "sweep.lambdas accepts NaN (a run directory 'nan')",
     "test_bad_experiment_yaml[infinite-lambda]": "sweep.lambdas accepts inf",
     "test_bad_training_yaml[infinite-lambda]": "regularizer.lambda accepts inf",
@@ -682,8 +667,7 @@ def test_training_data_that_does_not_fit_the_model(
         training.train(dict(TINY_TRAIN), run_dir=tmp_path / "run", data=data(), quiet=True)
 
 
-def test_training_config_of_the_wrong_type(tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    request.applymarker(pytest.mark.xfail(strict=True, reason="train(5) raises pathlib's TypeError"))
+def test_training_config_of_the_wrong_type(tmp_path: Path) -> None:
     with pytest.raises(
         InputTypeError, match=r"\bconfig must be a TrainConfig, a dict or a YAML path, got int"
     ):

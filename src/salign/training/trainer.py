@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from salign._io import write_text_atomic
 from salign._progress import progress_bar
 from salign._validation import check_inputs, check_labels, check_model_on, eval_mode
-from salign.errors import CheckpointError, ConfigError, DataError
+from salign.errors import CheckpointError, ConfigError, DataError, InputTypeError
 from salign.training import distributed as dist_util
 from salign.training.adversarial import ddn_examples, pgd_l2_examples
 from salign.training.config import TrainConfig, config_from_dict, load_config, lr_at
@@ -298,6 +298,10 @@ def _as_config(config: TrainConfig | dict[str, Any] | str | os.PathLike[str]) ->
         return config
     if isinstance(config, dict):
         return config_from_dict(config)
+    if not isinstance(config, (str, os.PathLike)):
+        raise InputTypeError(
+            f"config must be a TrainConfig, a dict or a YAML path, got {type(config).__name__}"
+        )
     return load_config(config)
 
 
