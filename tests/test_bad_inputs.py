@@ -64,10 +64,6 @@ META_MODEL = tiny_mlp().to("meta")
 #: Cases that failed when the battery was written, with the reason; each is marked
 #: xfail(strict=True) so that the fix (which makes it pass) must also remove it from here.
 PENDING: dict[str, str] = {
-    "test_bad_experiment_yaml[nan-lambda]": "sweep.lambdas accepts NaN (a run directory 'nan')",
-    "test_bad_experiment_yaml[infinite-lambda]": "sweep.lambdas accepts inf",
-    "test_bad_training_yaml[infinite-lambda]": "regularizer.lambda accepts inf",
-    "test_bad_training_yaml[infinite-lr]": "optimizer.lr accepts inf",
 }
 
 

@@ -21,6 +21,7 @@ anywhere are errors that name the key; every field has a documented default.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -69,6 +70,8 @@ class SweepConfig(_Strict):
     @field_validator("lambdas")
     @classmethod
     def _valid_lambdas(cls, v: list[float]) -> list[float]:
+        if not all(math.isfinite(lam) for lam in v):
+            raise ValueError(f"every λ must be a finite number, got {v}")
         if any(lam < 0 for lam in v):
             raise ValueError("every λ must be >= 0")
         tags = [f"{lam:g}" for lam in v]

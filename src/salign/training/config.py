@@ -57,7 +57,7 @@ class OptimizerConfig(_Strict):
     """SGD with (Nesterov) momentum or Adam; ``weight_decay`` is the optimizer's L2 term μ·w."""
 
     name: Literal["sgd", "adam"] = "sgd"
-    lr: float = Field(default=1e-3, gt=0)
+    lr: float = Field(default=1e-3, gt=0, allow_inf_nan=False)
     momentum: float = Field(default=0.9, ge=0, lt=1)
     nesterov: bool = False
     betas: tuple[float, float] = (0.9, 0.999)
@@ -88,7 +88,7 @@ class RegularizerConfig(_Strict):
     through separate forwards, so each part is normalised with its own batch statistics.
     """
 
-    lambda_: float = Field(default=0.0, ge=0, alias="lambda")
+    lambda_: float = Field(default=0.0, ge=0, alias="lambda", allow_inf_nan=False)
     method: Literal["double_backprop", "finite_difference"] = "double_backprop"
     target: Literal["loss", "logit", "binarized"] = "loss"
     p: float = Field(default=2.0, ge=1)
