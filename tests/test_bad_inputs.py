@@ -63,8 +63,7 @@ META_MODEL = tiny_mlp().to("meta")
 
 #: Cases that failed when the battery was written, with the reason; each is marked
 #: xfail(strict=True) so that the fix (which makes it pass) must also remove it from here.
-PENDING: dict[str, str] = {
-}
+PENDING: dict[str, str] = {}
 
 
 @pytest.fixture(autouse=True)
@@ -675,10 +674,7 @@ def test_training_config_of_the_wrong_type(tmp_path: Path) -> None:
     [("eval/0.json", "{not json"), ("timings.json", "[1, 2"), ("config.yaml", "name: [x")],
     ids=["eval-json", "timings-json", "config-yaml"],
 )
-def test_report_of_a_corrupt_run_directory(
-    name: str, content: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> None:
-    request.applymarker(pytest.mark.xfail(strict=True, reason="json/yaml parse errors escape from load_run"))
+def test_report_of_a_corrupt_run_directory(name: str, content: str, tmp_path: Path) -> None:
     (tmp_path / "eval").mkdir()
     (tmp_path / "eval" / "0.csv").write_text("id,alignment\n0,0.5\n")
     (tmp_path / "eval" / "0.json").write_text('{"lambda": 0}')

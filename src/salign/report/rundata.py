@@ -88,9 +88,24 @@ def read_yaml(path: Path) -> dict[str, Any]:
     """Read a YAML mapping (empty dict for an empty file)."""
     import yaml
 
-    with open(path, encoding="utf-8") as fh:
-        data = yaml.safe_load(fh)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except yaml.YAMLError as exc:
+        raise DataError(
+            f"{path} is not valid YAML ({exc.__class__.__name__}); restore or delete it"
+        ) from None
     return data or {}
+
+
+def read_json(path: Path) -> Any:
+    """Read a JSON file written by the pipeline; a damaged one is a DataError naming it."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(
+            f"{path} is not valid JSON ({exc}); restore it, or delete it to recompute it"
+        ) from None
 
 
 def evaluated_tags(run_dir: str | os.PathLike[str]) -> list[str]:
@@ -123,10 +138,10 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunData:
     config = read_yaml(root / CONFIG_FILE) if (root / CONFIG_FILE).is_file() else {}
     timings: dict[str, Any] = {}
     if (root / TIMINGS_FILE).is_file():
-        timings = json.loads((root / TIMINGS_FILE).read_text(encoding="utf-8"))
+        timings = read_json(root / TIMINGS_FILE)
     models = []
     for tag in evaluated_tags(root):
-        meta = json.loads((root / EVAL_DIR / f"{tag}.json").read_text(encoding="utf-8"))
+        meta = read_json(root / EVAL_DIR / f"{tag}.json")
         try:
             frame = pd.read_csv(root / EVAL_DIR / f"{tag}.csv")
         except Exception as exc:  # pandas raises several parser errors
