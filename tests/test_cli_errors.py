@@ -150,13 +150,9 @@ CASES: list[tuple[str, list[str], int, str]] = [
     ("data-fetch-unknown", ["data", "fetch", "imagenet"], 2, r"unknown dataset 'imagenet'"),
 ]  # fmt: skip
 
-#: Cases failing when the battery was written (xfail strict until fixed; see the report).
-PENDING = {
-    "analyze-bad-device": "--device is passed to torch unchecked (RuntimeError traceback)",
-    "analyze-meta-device": "--device is passed to torch unchecked (RuntimeError traceback)",
-    "attack-bad-device": "--device is passed to torch unchecked (RuntimeError traceback)",
-    "report-corrupt-json": "a corrupt eval/<model>.json raises json.JSONDecodeError (traceback)",
-}
+#: Cases failing when the battery was written (xfail strict until fixed). All fixed now; a case
+#: added here must name the reason and be removed by its fix.
+PENDING: dict[str, str] = {}
 
 
 def _params() -> list[object]:

@@ -97,6 +97,9 @@ def analyze_command(
         raise ConfigError(f"--batch-size must be positive, got {batch_size}")
     if n is not None and n < 0:
         raise ConfigError(f"--n must be ≥ 0, got {n}")
+    from salign._validation import resolve_device
+
+    device = str(resolve_device(device, name="--device"))
     model = salign.models.load(checkpoint, map_location=device)
     x, y = salign.data.load(data, split, data_dir=data_dir)
     idx = select_subset(x.shape[0], n or None, seed)

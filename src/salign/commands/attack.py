@@ -55,6 +55,9 @@ def register(app: typer.Typer) -> None:
         if n < 1:
             raise InputError(f"--n must be a positive integer, got {n}")
         torch.manual_seed(seed)
+        from salign._validation import resolve_device
+
+        device = str(resolve_device(device, name="--device"))
         model = salign.models.load(checkpoint).to(device)
         x, y = salign.data.load(data, split, data_dir=data_dir)
         x, y = x[:n].to(device), y[:n].to(device)
