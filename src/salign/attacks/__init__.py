@@ -11,7 +11,7 @@ from salign.attacks._core import CountingModel
 from salign.attacks.alma import alma
 from salign.attacks.carlini_wagner import carlini_wagner
 from salign.attacks.ddn import ddn
-from salign.attacks.deepfool import class_gradients, deepfool
+from salign.attacks.deepfool import deepfool
 from salign.attacks.ensemble import ATTACKS, BUDGETS, robustness
 from salign.attacks.fmn import fmn
 from salign.attacks.result import FLAG_NAMES, AttackResult
@@ -24,7 +24,6 @@ __all__ = [
     "CountingModel",
     "alma",
     "carlini_wagner",
-    "class_gradients",
     "ddn",
     "deepfool",
     "fmn",

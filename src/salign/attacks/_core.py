@@ -237,7 +237,9 @@ def class_gradients(
 ) -> tuple[Tensor, Tensor]:
     """Logits (n, K) at ``x`` and the input gradients (n, k, ...) of the logits of ``classes`` (n, k).
 
-    One forward (skipped when ``graph = (x_leaf, logits)`` of an earlier forward is given), then
+    Internal to the attacks: unlike the public :func:`salign.quantities.class_gradients` it can
+    reuse the graph of a forward the attack already made and counted, and skips input
+    validation on every step. One forward (skipped when ``graph = (x_leaf, logits)`` of an earlier forward is given), then
     one backward per column of ``classes`` through the same graph.
     """
     with torch.enable_grad():

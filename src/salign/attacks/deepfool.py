@@ -132,4 +132,4 @@ def deepfool(
     )
 
 
-__all__ = ["class_gradients", "deepfool"]
+__all__ = ["deepfool"]
