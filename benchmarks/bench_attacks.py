@@ -163,6 +163,20 @@ def bench_model(
     for s in sweep:
         add(f"ours ddn {s}", ours(ddn, model, x, labels, steps=s, patience=max(10, s // 5)))
         add(f"fb ddn {s}", run_foolbox(fb.attacks.DDNAttack(steps=s), model, x, labels))
+        add(f"fb fmn {s}", run_foolbox(fb.attacks.L2FMNAttack(steps=s), model, x, labels))
+        add(
+            f"ours deepfool+ddn {s}",
+            ours(
+                robustness,
+                model,
+                x,
+                labels,
+                attacks=("deepfool", "ddn"),
+                steps=s,
+                patience=max(10, s // 5),
+                quiet=True,
+            ),
+        )
     envelope = torch.stack([r["distance"] for r in runs.values()]).amin(0)
     return {"runs": runs, "envelope": envelope, "labels": labels}
 
@@ -312,8 +326,10 @@ def main() -> None:
         "0.1% relative improvement), every attack ends with a line search onto the boundary and "
         "2 polish rounds (a DeepFool step from x with the gradients at the best point, up to 10 "
         "backwards per round) — all counted in fwd/bwd and seconds. `ours robustness` = DeepFool → DDN → "
-        "FMN → ALMA with warm starts, early exit, one final polish. `ours ddn k` rows are the step sweep "
-        "used for the time-to-target comparison (patience = max(10, k/5)).",
+        "FMN → ALMA with warm starts, early exit, one final polish. `ours ddn k` rows "
+        'and `ours deepfool+ddn k` rows (`robustness(attacks=("deepfool", "ddn"), steps=k)`: DeepFool warm '
+        "start, DDN, line search, polish) are the step sweep used for the time-to-target comparison "
+        "(patience = max(10, k/5)); `fb ddn k` / `fb fmn k` the same sweep for foolbox.",
         "",
         "## Summary (goals in brackets)",
         "",
