@@ -383,7 +383,7 @@ def test_fast_finite_difference_backward_equals_generic(make, monkeypatch: pytes
 
     calls = []
     original = _fd_fast.finite_difference_fast
-    monkeypatch.setattr(_fd_fast, "finite_difference_fast", lambda *a: calls.append(1) or original(*a))
+    monkeypatch.setattr(_fd_fast, "finite_difference_fast", lambda *a, **k: calls.append(1) or original(*a, **k))
     v_fast, g_fast = grads(True)
     v_gen, g_gen = grads(False)
     torch.testing.assert_close(v_fast, v_gen, rtol=1e-10, atol=1e-12)
@@ -391,3 +391,33 @@ def test_fast_finite_difference_backward_equals_generic(make, monkeypatch: pytes
         torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-10)
     uses_fast = not isinstance(model, nn.Sequential)  # BatchNorm couples examples: no fast path
     assert bool(calls) == uses_fast
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_finite_difference_in_train_mode_uses_the_same_dropout_masks(
+    fast: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dropout active: the forward at x + h d must see the first forward's masks.
+
+    With a fresh mask the difference measures the change of mask, O(1)/h: the penalty came out
+    ~10⁶ times the double-backprop value before the random state was replayed.
+    """
+    from salign.training import penalty
+
+    monkeypatch.setattr(penalty, "FAST_FINITE_DIFFERENCE", fast)
+    torch.manual_seed(0)
+    model = models.build("smallnet").double().train()  # Dropout(0.5) in the classifier
+    x = torch.rand(20, 1, 28, 28, dtype=torch.float64)
+    y = torch.randint(0, 10, (20,))
+    torch.manual_seed(1)
+    exact = gradient_norm_penalty(model, x, y, method="double_backprop")
+    torch.manual_seed(1)
+    approx = gradient_norm_penalty(model, x, y, method="finite_difference", h=1e-4)
+    assert float(approx) == pytest.approx(float(exact), rel=1e-2)
+    # the random stream advances as if the step had one forward
+    torch.manual_seed(1)
+    model(x)
+    after_one_forward = torch.get_rng_state()
+    torch.manual_seed(1)
+    gradient_norm_penalty(model, x, y, method="finite_difference", h=1e-4)
+    assert torch.equal(torch.get_rng_state(), after_one_forward)

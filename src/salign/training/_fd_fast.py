@@ -175,10 +175,12 @@ def finite_difference_fast(
     direction: Callable[[Tensor], Tensor],
     h: float,
     loss_fn: Callable[[Tensor, Tensor], Tensor],
+    before_step: Callable[[], None] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
     """(D, CE, ‖∇ₓℓ‖₂, correct) per example, or None where the fast path does not apply.
 
-    ``direction(g)`` maps the input gradient to the detached unit direction d.
+    ``direction(g)`` maps the input gradient to the detached unit direction d;
+    ``before_step()`` runs just before the forward at x + h d (it replays the random state).
     """
     recorder = Recorder(model)
     try:
@@ -191,6 +193,8 @@ def finite_difference_fast(
     if not recorder.complete():
         return None
     d = direction(g)
+    if before_step is not None:
+        before_step()
     loss_step = loss_fn(step_model((x.detach() + h * d).detach()), y)
     params = recorder.parameters()
     directional, ce = _FiniteDifference.apply(loss_step, loss0.detach(), h, recorder, *params)

@@ -40,6 +40,35 @@ TARGETS: tuple[str, ...] = ("loss", "logit", "binarized")
 SCALINGS: tuple[str, ...] = ("per_example", "batch_mean")
 
 
+class SameRandomness:
+    """Replays the random-number state so a second forward draws the first forward's Dropout masks.
+
+    The finite difference ``(s(x + h d) − s(x)) / h`` compares two forwards of the same network;
+    in train mode, Dropout would otherwise draw a new mask for the second one and the
+    difference would measure the change of mask (O(1)/h), not the gradient. Created just
+    before the first forward; :meth:`replay` just before the second. The state after the
+    second forward is then the state after the first, as if the step had one forward.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.cpu = torch.get_rng_state()
+        self.accelerator: Tensor | None = None
+        if device.type == "cuda":
+            self.accelerator = torch.cuda.get_rng_state(device)
+        elif device.type == "mps":
+            self.accelerator = torch.mps.get_rng_state()
+
+    def replay(self) -> None:
+        torch.set_rng_state(self.cpu)
+        if self.accelerator is None:
+            return
+        if self.device.type == "cuda":
+            torch.cuda.set_rng_state(self.accelerator, self.device)
+        else:
+            torch.mps.set_rng_state(self.accelerator)
+
+
 @dataclass(frozen=True)
 class PenaltyTerms:
     """Per-example pieces of a regularised step, all of shape (N,).
@@ -128,6 +157,7 @@ def penalty_terms(
     if scaling == "batch_mean":
         b = float(batch_size if batch_size is not None else n)
         scale = 1.0 / b if math.isinf(p) else b ** (-p)  # ‖g/B‖_p^p = ‖g‖_p^p / B^p
+    randomness = SameRandomness(x.device) if method == "finite_difference" else None
     if (
         method == "finite_difference"
         and FAST_FINITE_DIFFERENCE
@@ -142,6 +172,7 @@ def penalty_terms(
             lambda grad: _dual_direction(grad, p)[0],
             h,
             lambda out, labels: F.cross_entropy(out, labels, reduction="none"),
+            before_step=randomness.replay if randomness is not None else None,
         )
         if fast is not None:
             directional, ce_fast, grad_norm, correct = fast
@@ -168,6 +199,8 @@ def penalty_terms(
     (g,) = torch.autograd.grad(scalar.sum(), x_req, retain_graph=True)
     d, _ = _dual_direction(g, p)
     x_step = (x.detach() + h * d).detach()
+    if randomness is not None:
+        randomness.replay()  # the same Dropout masks as the first forward
     logits_step = (step_model if step_model is not None else model)(x_step)
     _, scalar_step = _target_scalar(logits_step, y, target)
     directional = (scalar_step - scalar) / h
@@ -209,7 +242,9 @@ def gradient_norm_penalty(
     **Method.** ``"finite_difference"`` is the approximation of Finlay & Oberman (2019): with
     ``d`` the detached unit direction of the gradient (for p = 2, ``d = g/‖g‖₂``; for other p
     the Hölder dual direction, so ``⟨g, d⟩ = ‖g‖_p``), ``‖g‖_p ≈ (s(x + h d) − s(x)) / h``.
-    It needs one input-gradient backward and one extra forward, and no double backward. The
+    It needs one input-gradient backward and one extra forward, and no double backward; the
+    extra forward replays the random state of the first, so in train mode both see the same
+    Dropout masks (otherwise the difference measures the change of mask). The
     error is O(h) times the curvature of ``s`` along ``d``; for piecewise-linear (ReLU) models
     it is exact while ``x + h d`` stays in the same linear region. Not defined for p = ∞.
     With ``target="loss"`` on models made of per-example Conv2d/Linear layers (SmallNet, the
