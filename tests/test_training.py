@@ -383,7 +383,9 @@ def test_fast_finite_difference_backward_equals_generic(make, monkeypatch: pytes
 
     calls = []
     original = _fd_fast.finite_difference_fast
-    monkeypatch.setattr(_fd_fast, "finite_difference_fast", lambda *a, **k: calls.append(1) or original(*a, **k))
+    monkeypatch.setattr(
+        _fd_fast, "finite_difference_fast", lambda *a, **k: calls.append(1) or original(*a, **k)
+    )
     v_fast, g_fast = grads(True)
     v_gen, g_gen = grads(False)
     torch.testing.assert_close(v_fast, v_gen, rtol=1e-10, atol=1e-12)
