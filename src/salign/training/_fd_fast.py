@@ -117,15 +117,22 @@ class Recorder:
         return out
 
     def weight_grads(self, scale: Tensor) -> list[Tensor]:
-        """Σ_i scale_i ∂ℓ_i/∂θ for every parameter of :meth:`parameters`, from the caught gradients."""
+        """Σ_i scale_i ∂ℓ_i/∂θ for every parameter of :meth:`parameters`, from the caught gradients.
+
+        The per-example scale multiplies the layer *input* (for the weight) and the spatially
+        summed output gradient (for the bias): both are smaller than the output gradient
+        (the input of a 1-channel first conv is 32× smaller), and the output gradient is read
+        once.
+        """
         grads: list[Tensor] = []
         for m in self.layers:
             rec = self.records[id(m)]
             inp, g = rec["input"].detach(), rec["grad"]
-            g = g * scale.to(g.dtype).view(-1, *([1] * (g.ndim - 1)))
+            s = scale.to(g.dtype)
+            scaled_inp = inp * s.view(-1, *([1] * (inp.ndim - 1)))
             if isinstance(m, nn.Conv2d):
                 gw = nn_grad.conv2d_weight(
-                    inp,
+                    scaled_inp,
                     m.weight.shape,
                     g,
                     stride=m.stride,
@@ -133,11 +140,16 @@ class Recorder:
                     dilation=m.dilation,
                     groups=m.groups,
                 )
-                gb = g.sum((0, 2, 3)) if m.bias is not None else None
+                gb = s @ g.sum((2, 3)) if m.bias is not None else None
             else:
-                g2, i2 = g.reshape(-1, g.shape[-1]), inp.reshape(-1, inp.shape[-1])
+                g2, i2 = g.reshape(-1, g.shape[-1]), scaled_inp.reshape(-1, inp.shape[-1])
                 gw = g2.t() @ i2
-                gb = g2.sum(0) if m.bias is not None else None
+                if m.bias is None:
+                    gb = None
+                elif g.ndim == 2:
+                    gb = s @ g
+                else:  # (N, ..., out): sum the middle dimensions first
+                    gb = s @ g.reshape(g.shape[0], -1, g.shape[-1]).sum(1)
             grads.append(gw)
             if gb is not None:
                 grads.append(gb)
