@@ -119,7 +119,6 @@ def bench_model(
         every = [torch.full_like(pred, j) for j in range(k)]
         v["K × (fwd+bwd)"] = lambda: separate_passes(model, x, every)
         v["fwd + K bwd (plain loop)"] = lambda: bare_backwards(model, x, every)
-        v["nearest_rival()"] = lambda: nearest_rival(model, x)
         for s in STRATEGIES:
             v[f"nearest_rival(strategy='{s}')"] = lambda s=s: nearest_rival(model, x, strategy=s)
         v["analyze(rival='nearest')"] = lambda: analyze(model, x)
@@ -140,15 +139,10 @@ def bench_model(
     if k_full:
         lines.append(row("K × (fwd+bwd)", "K × (fwd+bwd)", "K × (fwd+bwd)"))
         lines.append(row("fwd + K bwd (plain loop)", "fwd + K bwd (plain loop)", "K × (fwd+bwd)"))
-        auto = salign.quantities.auto_strategy(x.device)
-        lines.append(
-            row(
-                f"**P2** nearest_rival() (default: auto → '{auto}')", "nearest_rival()", "K × (fwd+bwd)", 0.45
-            )
-        )
         for s in STRATEGIES:
             name = f"nearest_rival(strategy='{s}')"
-            lines.append(row(name, name, "K × (fwd+bwd)"))
+            bound = 0.45 if s == salign.quantities.DEFAULT_STRATEGY else None
+            lines.append(row(("**P2** " if bound else "") + name, name, "K × (fwd+bwd)", bound))
         lines.append(row("analyze(rival='nearest')", "analyze(rival='nearest')", "K × (fwd+bwd)"))
     else:
         name = f"nearest_rival(candidates={candidates})"
@@ -261,8 +255,7 @@ def main(argv: list[str]) -> int:
         "(with 1 thread it is the most reliable number here). "
         "Baselines: one forward with `x.requires_grad_()` and `torch.autograd.grad` of the summed "
         "target logit w.r.t. x (no parameter gradients), i.e. what a bare saliency map costs. "
-        "Default gradient strategy: `auto` (`salign.quantities.auto_strategy`: the retain-graph "
-        "`loop` with 1 CPU thread, one `batched` call with more threads or on an accelerator).\n"
+        f"Default gradient strategy: `{salign.quantities.DEFAULT_STRATEGY}`.\n"
     )
     smallnet = salign.models.build("smallnet")
     x = torch.rand(args.batch, 1, 28, 28)

@@ -262,33 +262,6 @@ def test_nearest_rival_matches_plain_loop(smallnet8: nn.Module, x8: torch.Tensor
     assert rel_err(salign.linearized_robustness(smallnet8, x8, strategy=strategy), dist) <= REL
 
 
-def test_auto_strategy_follows_threads_device_and_create_graph(
-    smallnet8: nn.Module, x8: torch.Tensor, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from salign import quantities
-
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        assert quantities.auto_strategy("cpu") == "loop"
-        torch.set_num_threads(2)
-        assert quantities.auto_strategy("cpu") == "batched"
-        assert quantities.auto_strategy(torch.device("cuda", 0)) == "batched"  # no GPU needed
-        assert quantities.auto_strategy("cuda", create_graph=True) == "loop"
-        # whatever auto picks gives the loop's answer
-        dist, riv = plain_nearest(smallnet8, x8)
-        for n_threads in (1, 2):
-            torch.set_num_threads(n_threads)
-            res = nearest_rival(smallnet8, x8)
-            assert torch.equal(res.rival, riv) and rel_err(res.distance, dist) <= REL
-        # a name in DEFAULT_STRATEGY overrides auto
-        monkeypatch.setattr(quantities, "DEFAULT_STRATEGY", "vmap")
-        assert quantities._resolve_strategy("auto", x8) == "vmap"
-        assert quantities._resolve_strategy("loop", x8) == "loop"
-    finally:
-        torch.set_num_threads(threads)
-
-
 def test_candidates_restrict_the_search(smallnet8: nn.Module, x8: torch.Tensor) -> None:
     full = nearest_rival(smallnet8, x8)
     for k in (9, 10, 50):  # ≥ K − 1: exact

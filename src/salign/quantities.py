@@ -55,7 +55,6 @@ __all__ = [
     "NearestRival",
     "alignment",
     "analyze",
-    "auto_strategy",
     "bias_shifted_input",
     "class_gradients",
     "effective_bias",
@@ -75,10 +74,10 @@ Strategy = Literal["auto", "loop", "batched", "vmap"]
 #:   "vmap":    ``torch.func.vmap`` over the ``torch.func.vjp`` of the model.
 STRATEGIES: tuple[str, ...] = ("loop", "batched", "vmap")
 
-#: Strategy used by ``strategy="auto"`` (the default everywhere). ``None`` picks per call with
-#: :func:`auto_strategy`; assign a name from :data:`STRATEGIES` to force one globally, or pass
-#: ``strategy=`` per call.
-DEFAULT_STRATEGY: str | None = None
+#: Strategy used by ``strategy="auto"`` (the default everywhere). The loop was fastest on the
+#: CPU of the reference machine (docs/benchmarks/quantities.md); change it per call with
+#: ``strategy=`` or globally by assigning this constant.
+DEFAULT_STRATEGY: str = "loop"
 
 #: How many cotangents the "batched" and "vmap" strategies push through one call.
 COTANGENT_CHUNK = 16
@@ -117,30 +116,8 @@ def _check_model_and_inputs(model: object, x: object, check_range: bool) -> None
     assert isinstance(model, nn.Module)
 
 
-def auto_strategy(device: torch.device | str, *, create_graph: bool = False) -> str:
-    """The gradient strategy ``strategy="auto"`` uses on ``device`` (when DEFAULT_STRATEGY is None).
-
-    Measured (docs/benchmarks/quantities.md, SmallNet batch 256, K = 10): on a CPU with one
-    thread the retain-graph ``"loop"`` is fastest (its backwards already keep the core busy);
-    with two or more threads one ``"batched"`` call over all cotangents is faster (bigger
-    kernels parallelise better), and on accelerators batching is the usual win. Graphs kept
-    for a second differentiation (``create_graph=True``) always use the loop, which supports
-    every operator's double backward.
-    """
-    if create_graph:
-        return "loop"
-    if torch.device(device).type != "cpu":
-        return "batched"
-    return "batched" if torch.get_num_threads() > 1 else "loop"
-
-
-def _resolve_strategy(strategy: str | None, x: Tensor, *, create_graph: bool = False) -> str:
-    if strategy in (None, "auto"):
-        if DEFAULT_STRATEGY is None:
-            return auto_strategy(x.device, create_graph=create_graph)
-        name: object = DEFAULT_STRATEGY
-    else:
-        name = strategy
+def _resolve_strategy(strategy: str | None) -> str:
+    name = DEFAULT_STRATEGY if strategy in (None, "auto") else strategy
     if name not in STRATEGIES:
         raise InputError(f"strategy must be 'auto' or one of {', '.join(STRATEGIES)}, got {strategy!r}")
     return str(name)
@@ -279,12 +256,7 @@ def logit_vjps(
     """
     _check_model_and_inputs(model, x, check_range)
     with eval_mode(model):
-        graph = _Graph(
-            model,
-            x,
-            strategy=_resolve_strategy(strategy, x, create_graph=create_graph),
-            create_graph=create_graph,
-        )
+        graph = _Graph(model, x, strategy=_resolve_strategy(strategy), create_graph=create_graph)
         cot = combine(graph.logits.detach())
         grads = torch.cat([g for _, g in graph.vjp_chunks(cot)]) if cot.shape[0] else x.new_zeros(0)
     return graph.detached_logits(), grads
@@ -306,8 +278,7 @@ def class_gradients(
         x: inputs (N, C, H, W) or (N, D) in [0, 1].
         classes: class indices, shape (N, M) (M classes per sample) or (M,) (the same M
             classes for every sample).
-        strategy: "auto" (:func:`auto_strategy`, or :data:`DEFAULT_STRATEGY` if set), "loop",
-            "batched" or "vmap".
+        strategy: "auto" (= :data:`DEFAULT_STRATEGY`), "loop", "batched" or "vmap".
         create_graph: keep the gradients differentiable (e.g. for a training penalty).
         check_range: reject inputs outside [0, 1].
 
@@ -543,12 +514,7 @@ def nearest_rival(
     _check_model_and_inputs(model, x, check_range)
     cand = _check_candidates(candidates)
     with eval_mode(model):
-        graph = _Graph(
-            model,
-            x,
-            strategy=_resolve_strategy(strategy, x, create_graph=create_graph),
-            create_graph=create_graph,
-        )
+        graph = _Graph(model, x, strategy=_resolve_strategy(strategy), create_graph=create_graph)
         tgt = _resolve_target(target, graph.logits)
         result, _ = _search_nearest(graph, tgt, cand)
     warn_count(
@@ -587,12 +553,7 @@ def _saliency(
     cand = _check_candidates(candidates)
     _check_model_and_inputs(model, x, check_range)
     with eval_mode(model):
-        graph = _Graph(
-            model,
-            x,
-            strategy=_resolve_strategy(strategy, x, create_graph=create_graph),
-            create_graph=create_graph,
-        )
+        graph = _Graph(model, x, strategy=_resolve_strategy(strategy), create_graph=create_graph)
         logits = graph.logits.detach()
         n, k = logits.shape
         tgt = _resolve_target(target, logits)
@@ -1132,7 +1093,7 @@ def analyze(
     org = _check_origin(origin, x)
     n = x.shape[0]
     step = n if batch_size is None else batch_size
-    strat = _resolve_strategy(strategy, x)
+    strat = _resolve_strategy(strategy)
     if labels is not None:
         check_labels(labels, n)  # type and shape here; the class range against K per chunk
     chunks: list[dict[str, Tensor]] = []
