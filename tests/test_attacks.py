@@ -170,6 +170,47 @@ def test_early_exit_saves_passes_without_losing_quality() -> None:
     assert float((early.distance / rho).max()) < 1.005
 
 
+def test_tracker_fast_forwards_early_stallers_then_stops_them() -> None:
+    from salign.attacks._core import Tracker
+
+    x = torch.zeros(3, 4)
+    tracker = Tracker(x, torch.zeros(3, dtype=torch.long), patience=10)
+    tracker.set_schedule(100)
+    tracker.best_dist = torch.tensor([1.0, 1.0, float("inf")])  # sample 2: nothing found yet
+    for step in range(10):  # first window: everything found counts as progress (from +inf)
+        assert tracker.end_step(step) is None
+    for step in range(10, 19):
+        assert tracker.end_step(step) is None
+    tracker.best_dist[1] = 0.5  # sample 1 improves within the second window
+    jumped = tracker.end_step(19)  # sample 0 stalled at step 20 of 100: skip to the last 10 steps
+    assert jumped is not None and jumped.tolist() == [0]
+    assert tracker.active.tolist() == [True, True, True]
+    assert float(tracker.schedule_step(torch.tensor([0]), 20)) == 90.0
+    assert float(tracker.schedule_step(torch.tensor([1]), 20)) == 20.0
+    for step in range(20, 29):
+        tracker.end_step(step)
+    tracker.end_step(29)  # sample 0 stalls again in its tail: stops; sample 1 stalled: skips
+    assert tracker.active.tolist() == [False, True, True]
+    assert tracker.fast_forwarded.tolist() == [True, True, False]
+    for step in range(30, 39):  # sample 1's schedule (offset 60) ends after step 39
+        tracker.end_step(step)
+        assert bool(tracker.active[1])
+    tracker.best_dist[1] = 0.1  # still improving, but its schedule is over
+    tracker.end_step(39)
+    assert tracker.active.tolist() == [False, False, True]
+
+
+def test_early_exit_does_not_make_a_longer_schedule_worse() -> None:
+    """A sample that stalls while the step size is large is annealed, not stopped: with early
+    exit, 400 steps must not end worse than 100 steps (the run before this fix stopped such
+    samples early, and 1000-step DDN ended behind 100-step DDN on MNIST)."""
+    model, x, rho = linear_problem(n=8, seed=7)
+    short = ddn(model, x, steps=100)
+    long = ddn(model, x, steps=400, patience=20)
+    assert float(long.distance.median()) <= float(short.distance.median()) * (1 + 1e-4)
+    assert float((long.distance / rho).max()) < 1.005
+
+
 def test_warm_start_never_loses_the_start_point() -> None:
     model, x, _ = linear_problem(n=5, seed=6)
     df = deepfool(model, x)
@@ -255,15 +296,28 @@ def test_ddn_and_fmn_match_or_beat_foolbox() -> None:
 
 def test_thorough_budget_adds_cold_started_copies() -> None:
     model, x, rho = linear_problem(n=3, seed=7)
-    # 20 cold steps of DDN and C&W end farther than DeepFool: flagged and warned, never silent
+    # 20 cold steps of DDN and C&W, unpolished, end farther than DeepFool: flagged and warned
     with pytest.warns(RuntimeWarning, match="farther from x than DeepFool"):
         res = robustness(
-            model, x, budget="thorough", steps=20, attacks=("deepfool", "ddn", "carlini_wagner"), quiet=True
+            model,
+            x,
+            budget="thorough",
+            steps=20,
+            attacks=("deepfool", "ddn", "fmn", "carlini_wagner"),
+            polish_steps=0,
+            quiet=True,
         )
     assert res.flags["worse_than_deepfool"] == 3
-    assert set(res.per_attack) == {"deepfool", "ddn", "carlini_wagner", "ddn_cold"}
+    assert set(res.per_attack) == {"deepfool", "ddn", "fmn", "carlini_wagner", "fmn_cold"}
     assert float((res.distance / rho - 1).abs().max()) < 1e-3
-    assert res.per_attack["ddn_cold"].backwards >= 3 * 20  # cold copies do not start from the best point
+    assert res.per_attack["fmn_cold"].backwards >= 3 * 20  # cold copies do not start from the best point
+
+
+def test_cold_attacks_in_the_ensemble_are_polished() -> None:
+    model, x, rho = linear_problem(n=4, seed=8)
+    res = robustness(model, x, steps=100, attacks=("ddn", "carlini_wagner"), quiet=True)
+    for name in ("ddn", "carlini_wagner"):  # each polished onto the linear boundary's nearest point
+        assert float((res.per_attack[name].distance / rho - 1).abs().max()) < 1e-3
 
 
 def test_fmn_reaches_a_boundary_behind_the_box() -> None:

@@ -107,11 +107,19 @@ def adversarial(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
 class Tracker:
     """Best adversarial point per sample, sanity flags, and the set of samples still active.
 
+    Early exit with annealed schedules. Attacks whose step sizes follow a schedule over
+    ``steps`` (DDN, FMN, ALMA) call :meth:`set_schedule` and read each sample's position with
+    :meth:`schedule_step`. A sample whose best distance stalls early in the schedule, while
+    the step size is still large, has not converged: it oscillates around the boundary. So
+    instead of stopping it, :meth:`end_step` fast-forwards it to the last ``patience`` steps of
+    its schedule (small steps), restarting from its best point; only a sample that stalls in
+    that tail, or whose schedule ends, stops. Without a schedule a stalled sample stops.
+
     Args:
         x: clean inputs (n, ...).
         labels: classes to move away from (n,).
         patience: if given, every ``patience`` steps a sample whose best distance improved by less
-            than a relative ``tolerance`` since the last check stops (early exit).
+            than a relative ``tolerance`` since the last check is fast-forwarded or stops.
         tolerance: relative improvement below which a sample counts as converged.
     """
 
@@ -129,6 +137,9 @@ class Tracker:
         self.patience = patience
         self.tolerance = tolerance
         self._reference = self.best_dist.clone()
+        self.steps: int | None = None
+        self.offset = torch.zeros(n, dtype=torch.long, device=x.device)
+        self.fast_forwarded = torch.zeros(n, dtype=torch.bool, device=x.device)
 
     @property
     def found(self) -> Tensor:
@@ -136,6 +147,18 @@ class Tracker:
 
     def active_indices(self) -> Tensor:
         return self.active.nonzero().squeeze(1)
+
+    def set_schedule(self, steps: int) -> None:
+        """Declare that the attack anneals its step sizes over ``steps`` iterations."""
+        self.steps = steps
+        self.offset.zero_()
+        self.fast_forwarded.zero_()
+
+    def schedule_step(self, idx: Tensor, step: int) -> Tensor:
+        """Each sample's position in its schedule (float, in [0, steps)): ``step`` + skipped steps."""
+        assert self.steps is not None, "set_schedule() first"
+        position = (self.offset[idx] + step).clamp(max=self.steps - 1)
+        return position.to(self.x.dtype)
 
     def update(
         self, idx: Tensor, adv: Tensor, dist: Tensor, is_adv: Tensor, finite: Tensor | None = None
@@ -153,13 +176,32 @@ class Tracker:
     def mark_zero_gradient(self, idx: Tensor, zero: Tensor) -> None:
         self.zero_gradient[idx] |= zero
 
-    def end_step(self, step: int) -> None:
-        """Early exit: drop samples at distance 0 and, every ``patience`` steps, the converged ones."""
+    def end_step(self, step: int) -> Tensor | None:
+        """Early exit after iteration ``step``: drop samples at distance 0 and, every ``patience``
+        steps, the converged ones (or fast-forward them, see the class docstring).
+
+        Returns the indices fast-forwarded now (the attack restarts them from their best
+        point), or None.
+        """
         self.active &= self.best_dist > 0
+        jumped: Tensor | None = None
         if self.patience and (step + 1) % self.patience == 0:
             improved = self.best_dist < (1 - self.tolerance) * self._reference
-            self.active &= improved | ~self.found
+            stalled = ~improved & self.found & self.active
+            if self.steps is None:
+                self.active &= ~stalled
+            else:
+                tail_start = self.steps - self.patience
+                can_skip = stalled & ~self.fast_forwarded & (self.offset + step + 1 < tail_start)
+                self.offset = torch.where(can_skip, tail_start - (step + 1), self.offset)
+                self.fast_forwarded |= can_skip
+                self.active &= ~(stalled & ~can_skip)
+                if bool(can_skip.any()):
+                    jumped = can_skip.nonzero().squeeze(1)
             self._reference = self.best_dist.clone()
+        if self.steps is not None:
+            self.active &= self.offset + step + 1 < self.steps  # this sample's schedule is over
+        return jumped
 
 
 def gradient_direction(grad: Tensor, tracker: Tracker, idx: Tensor) -> Tensor:
@@ -376,7 +418,7 @@ def warn_flags(name: str, flags: dict[str, int], n: int) -> None:
         "nonfinite_logits": "the model returned NaN/Inf logits at some visited point",
         "not_found": "no verified adversarial point found (success rate below 100%)",
         "nondeterministic": "two verification forwards disagree: the model is non-deterministic",
-        "worse_than_deepfool": "an attack ended farther from x than DeepFool (weak attack or budget)",
+        "worse_than_deepfool": "an attack ended more than 0.1% farther from x than DeepFool (weak attack or budget)",
     }
     for key, count in flags.items():
         if count:

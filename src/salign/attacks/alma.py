@@ -87,10 +87,12 @@ def _alma(
     prev = torch.zeros(n, device=x.device, dtype=x.dtype)
     found = torch.zeros(n, dtype=torch.bool, device=x.device)
     step_found = torch.full((n,), float(steps + 1), device=x.device, dtype=x.dtype)
+    tracker.set_schedule(steps)
     for i in range(steps):
         idx = tracker.active_indices()
         if idx.numel() == 0:
             break
+        position = tracker.schedule_step(idx, i)  # per sample: early stallers skip ahead
         xa, lab = x[idx], labels[idx]
         d = delta[idx].requires_grad_(True)
         logits = model(xa + d)
@@ -120,7 +122,7 @@ def _alma(
             is_adv, finite = adversarial(logits, lab)
             tracker.update(idx, xa + d, dist.detach(), is_adv, finite)
             newly = is_adv & ~found[idx]
-            step_found[idx[newly]] = float(i)
+            step_found[idx[newly]] = position[newly]
             found[idx] |= is_adv
             grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
             zero = l2_norm(grad) <= 1e-12
@@ -131,7 +133,7 @@ def _alma(
                 g0 = torch.where(batch_view(zero, grad), noise, grad)
                 lr[idx] = _initial_step_size(xa + d, g0, init_lr_distance)
             sf = step_found[idx]
-            decay = lr_reduction ** ((i - sf).clamp(min=0) / (steps - sf).clamp(min=1))
+            decay = lr_reduction ** ((position - sf).clamp(min=0) / (steps - sf).clamp(min=1))
             step = lr[idx] * decay
             sq = alpha * square_avg[idx] + (1 - alpha) * grad * grad  # RMSProp with momentum
             square_avg[idx] = sq
@@ -139,7 +141,9 @@ def _alma(
             momentum[idx] = mom
             d = d - batch_view(step, d) * mom
             delta[idx] = (xa + d).clamp(0, 1) - xa
-        tracker.end_step(i)
+        jumped = tracker.end_step(i)
+        if jumped is not None:  # fast-forwarded to the schedule's tail: restart from the best point
+            delta[jumped] = tracker.best_adv[jumped] - x[jumped]
 
 
 def alma(
@@ -194,7 +198,9 @@ def alma(
             strictly on the adversarial side (1e-4).
         start: optional warm start (N, ...): δ starts at ``start − x``.
         patience: early exit: every ``patience`` steps, a sample whose best distance improved by
-            less than 0.1% stops (``None``: run all steps).
+            less than 0.1% jumps to the last ``patience`` steps of the learning-rate decay
+            (restarting from its best point) or, if already there, stops (``None``: run all
+            steps).
         line_search_steps: bisection steps moving the best point onto the boundary (0: off).
         polish_steps: rounds of the final polish: one DeepFool step from ``x`` with the
             gradients taken at the best point, then a line search (each round: 1 forward,

@@ -45,11 +45,13 @@ def _ddn(
         delta[warm] = (start[warm] - x[warm]).clamp(-1, 1)
         eps[warm] = l2_norm(delta[warm])
     worst = l2_norm(torch.maximum(x, 1 - x))
+    tracker.set_schedule(steps)
     for i in range(steps):
         idx = tracker.active_indices()
         if idx.numel() == 0:
             break
-        alpha = alpha_final + (alpha_init - alpha_final) * (1 + math.cos(math.pi * i / steps)) / 2
+        position = tracker.schedule_step(idx, i)  # per sample: early stallers skip ahead
+        alpha = alpha_final + (alpha_init - alpha_final) * (1 + torch.cos(math.pi * position / steps)) / 2
         xa, lab = x[idx], labels[idx]
         d = delta[idx].requires_grad_(True)
         logits = model(xa + d)
@@ -66,10 +68,13 @@ def _ddn(
             e = eps[idx] * torch.where(is_adv, 1 - gamma, 1 + gamma)  # decoupled norm update
             e = torch.minimum(e, worst[idx])
             eps[idx] = e
-            d = d + alpha * direction
+            d = d + batch_view(alpha, d) * direction
             d = d * batch_view(e / l2_norm(d).clamp_min(1e-12), d)  # project onto the ε-sphere
             delta[idx] = (xa + d).clamp(0, 1) - xa
-        tracker.end_step(i)
+        jumped = tracker.end_step(i)
+        if jumped is not None:  # fast-forwarded to the schedule's tail: restart from the best point
+            delta[jumped] = tracker.best_adv[jumped] - x[jumped]
+            eps[jumped] = tracker.best_dist[jumped]
 
 
 def ddn(
@@ -113,7 +118,9 @@ def ddn(
         start: optional warm start (N, ...): δ starts at ``start − x`` and ε at its norm where
             that norm is positive.
         patience: early exit: every ``patience`` steps, a sample whose best distance improved by
-            less than 0.1% stops (``None``: run all steps).
+            less than 0.1% jumps to the last ``patience`` steps of the step-size schedule
+            (restarting from its best point) or, if already there, stops (``None``: run all
+            steps).
         line_search_steps: bisection steps moving the best point onto the boundary (0: off).
         polish_steps: rounds of the final polish: one DeepFool step from ``x`` with the
             gradients taken at the best point, then a line search (each round: 1 forward,

@@ -32,10 +32,13 @@ from salign.attacks.fmn import _fmn
 from salign.attacks.result import FLAG_NAMES, AttackResult, concat_results
 from salign.errors import InputError
 
-#: name -> (iteration function, accepts a warm start)
+#: name -> (iteration function, warm-started by the ensemble from the best point so far).
+#: DDN runs cold although it accepts ``start``: started from DeepFool's point it settles in
+#: DeepFool's basin (SmallNet/MNIST, 60 test images, 1000 steps: median 1.4183 warm vs 1.4002
+#: cold), and FMN/ALMA, which refine locally, are warm-started from the better of the two.
 ATTACKS: dict[str, tuple[Any, bool]] = {
     "deepfool": (_deepfool, False),
-    "ddn": (_ddn, True),
+    "ddn": (_ddn, False),
     "fmn": (_fmn, True),
     "alma": (_alma, True),
     "carlini_wagner": (_carlini_wagner, False),
@@ -47,6 +50,9 @@ BUDGETS: dict[str, tuple[int, bool]] = {
     "standard": (1000, False),
     "thorough": (1000, True),
 }
+
+#: Relative margin above DeepFool's distance at which an attack is flagged "worse_than_deepfool".
+WORSE_THAN_DEEPFOOL = 1e-3
 
 #: DeepFool converges in a handful of iterations; its cap does not follow the budget.
 DEEPFOOL_STEPS = 50
@@ -106,7 +112,10 @@ def _attack_chunk(
             better_before = best_dist < tracker.best_dist
             tracker.best_dist = torch.where(better_before, best_dist, tracker.best_dist)
             tracker.best_adv = torch.where(batch_view(better_before, x), best_adv, tracker.best_adv)
-        refine(cm, tracker, line_search_steps, levels, polish_steps if last else 0)
+        # polish the last attack's point (the best over all) and every cold-started attack's
+        # own point: a cold DDN ends within its step size of the boundary's nearest point, and
+        # the attacks after it start from the polished point
+        refine(cm, tracker, line_search_steps, levels, polish_steps if last or not warm else 0)
         verified = verify(cm, x, tracker.best_adv, labels, clean_class, levels)
         verified["distance"][~attacked] = 0
         verified["success"][~attacked] = True
@@ -142,7 +151,7 @@ def _attack_chunk(
         worse = torch.zeros_like(zero_gradient)
         for label, res in per_attack.items():
             if label != "deepfool":
-                worse |= torch.isfinite(reference) & (res.distance > reference * (1 + 1e-4))
+                worse |= torch.isfinite(reference) & (res.distance > reference * (1 + WORSE_THAN_DEEPFOOL))
         flags["worse_than_deepfool"] = int(worse.sum())
     return AttackResult(
         adv=best_adv,
@@ -179,10 +188,12 @@ def robustness(
 
     ``ρ(x) = min { ‖δ‖₂ : argmax Ψ(x + δ) ≠ y, x + δ ∈ [0, 1]^d }``; every attack gives an upper
     bound, and the ensemble keeps the smallest *verified* one per sample. Attacks run in the
-    given order; DDN, FMN and ALMA start from the best point found so far (so DeepFool first
-    acts as a cheap warm start), every attack's best point is moved onto the boundary by a
-    line search towards x and re-verified, and with ``patience`` a sample stops as soon as its
-    best distance stops improving (easy samples do not pay for hard ones).
+    given order; FMN and ALMA start from the best point found so far, DDN starts from x (from
+    DeepFool's point it gets stuck in DeepFool's basin: worse median on MNIST), every attack's best point is moved onto the boundary by a
+    line search towards x and re-verified, and with ``patience`` a sample whose best distance
+    stops improving skips to the small-step tail of its attack's schedule and stops when it
+    stalls there (easy samples do not pay for hard ones, and no sample is stopped while its
+    step size is still large).
 
     Args:
         model: classifier returning logits (N, K) for inputs in [0, 1]; its train/eval mode and
@@ -197,8 +208,9 @@ def robustness(
         batch_size: attack the inputs in chunks of this size (memory).
         quiet: hide the progress bar (default: ``SALIGN_QUIET``, or no TTY).
         patience: early-exit window in steps (``"auto"``: a tenth of the steps, at least 50;
-            ``None``: off): a sample stops when its best distance improved by less than 0.1%
-            over the last window.
+            ``None``: off): a sample whose best distance improved by less than 0.1% over the
+            last window jumps to the last window of the attack's step-size schedule, restarting
+            from its best point; if it stalls there too (or the schedule ends) it stops.
         line_search_steps: bisection steps moving each best point onto the boundary.
         polish_steps: rounds of the final polish, run once after the last attack from the best
             point over all attacks (a DeepFool step from x with the gradients at that point,

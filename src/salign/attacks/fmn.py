@@ -56,11 +56,13 @@ def _fmn(
     eps = torch.full((n,), float("inf"), device=x.device, dtype=x.dtype)
     found = torch.zeros(n, dtype=torch.bool, device=x.device)
     worst = l2_norm(torch.maximum(x, 1 - x))
+    tracker.set_schedule(steps)
     for i in range(steps):
         idx = tracker.active_indices()
         if idx.numel() == 0:
             break
-        cosine = (1 + math.cos(math.pi * i / steps)) / 2
+        position = tracker.schedule_step(idx, i)  # per sample: early stallers skip ahead
+        cosine = (1 + torch.cos(math.pi * position / steps)) / 2
         alpha = alpha_final + (alpha_init - alpha_final) * cosine
         gamma = gamma_final + (gamma_init - gamma_final) * cosine
         xa, lab = x[idx], labels[idx]
@@ -93,10 +95,13 @@ def _fmn(
             )
             e = torch.minimum(torch.nan_to_num(e, nan=float("inf")), worst[idx])
             eps[idx] = e
-            d = d + alpha * gradient_direction(grad, tracker, idx)
+            d = d + batch_view(alpha, d) * gradient_direction(grad, tracker, idx)
             d = d * batch_view((e / l2_norm(d).clamp_min(1e-12)).clamp(max=1), d)  # project onto the ε-ball
             delta[idx] = (xa + d).clamp(0, 1) - xa
-        tracker.end_step(i)
+        jumped = tracker.end_step(i)
+        if jumped is not None:  # fast-forwarded to the schedule's tail: restart from the best point
+            delta[jumped] = tracker.best_adv[jumped] - x[jumped]
+            eps[jumped] = tracker.best_dist[jumped]
 
 
 def fmn(
@@ -139,7 +144,9 @@ def fmn(
         start: optional adversarial warm start (N, ...); it is first moved onto the boundary by
             bisection towards ``x``, as in the paper's warm-start variant.
         patience: early exit: every ``patience`` steps, a sample whose best distance improved by
-            less than 0.1% stops (``None``: run all steps).
+            less than 0.1% jumps to the last ``patience`` steps of the step-size schedule
+            (restarting from its best point) or, if already there, stops (``None``: run all
+            steps).
         line_search_steps: bisection steps moving the best point onto the boundary (0: off).
         polish_steps: rounds of the final polish: one DeepFool step from ``x`` with the
             gradients taken at the best point, then a line search (each round: 1 forward,
