@@ -220,6 +220,22 @@ def table(name: str, out: dict[str, Any], n: int, steps: int) -> tuple[list[str]
     return lines, ratios
 
 
+def early_exit_ratios(lines: list[str], steps: int) -> dict[str, float]:
+    """Quality and time ÷ foolbox of the early-exit rows, read back from a model's table rows."""
+    rows: dict[str, list[str]] = {}
+    for line in lines:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and len(cells) == 8:
+            rows[cells[0]] = cells
+    out: dict[str, float] = {}
+    for attack in ("ddn", "fmn"):
+        early, theirs = rows.get(f"ours {attack} {steps} early exit"), rows.get(f"fb {attack} {steps}")
+        if early and theirs:
+            out[f"{attack}_early_quality"] = float(early[2])
+            out[f"{attack}_early_time_ratio"] = float(early[7]) / float(theirs[7])
+    return out
+
+
 def cost_pair(model: torch.nn.Module, x: torch.Tensor, steps: int, attack: str) -> list[str]:
     """Our DDN or FMN (early exit) and foolbox's at equal steps, side by side: one table row each."""
     import foolbox as fb
@@ -294,7 +310,7 @@ def main() -> None:
     for name in (args.assemble or args.models).split(","):
         part = json.loads((CACHE / f"attacks_{name}_n{args.n}_s{args.steps}.json").read_text())
         lines += part["lines"]
-        summary[name] = part["ratios"]
+        summary[name] = {**part["ratios"], **early_exit_ratios(part["lines"], args.steps)}
     cmd = " ".join([".venv/bin/python benchmarks/bench_attacks.py", *sys.argv[1:]])
     head = [
         "# Attacks: quality and cost vs foolbox 3.3.4",
@@ -333,11 +349,15 @@ def main() -> None:
         "FMN time ÷ fb [≤0.8] | time to 1% ÷ fastest fb [≤0.33] |",
         "|---|---|---|---|---|---|---|---|",
     ]
+    nan = float("nan")
     for name, r in summary.items():
         head.append(
-            f"| {name} | {r['standard_quality']:.4f} | {r['ddn_quality']:.4f} | {r['fmn_quality']:.4f} | "
-            f"{r['alma_quality']:.4f} | {r['ddn_time_ratio']:.2f} | {r['fmn_time_ratio']:.2f} | "
-            f"{r.get('time_to_1pct_ratio', float('nan')):.2f} |"
+            f"| {name} | {r['standard_quality']:.4f} | {r['ddn_quality']:.4f} "
+            f"(early exit {r.get('ddn_early_quality', nan):.4f}) | {r['fmn_quality']:.4f} "
+            f"(early exit {r.get('fmn_early_quality', nan):.4f}) | {r['alma_quality']:.4f} | "
+            f"{r['ddn_time_ratio']:.2f} (early exit {r.get('ddn_early_time_ratio', nan):.2f}) | "
+            f"{r['fmn_time_ratio']:.2f} (early exit {r.get('fmn_early_time_ratio', nan):.2f}) | "
+            f"{r.get('time_to_1pct_ratio', nan):.2f} |"
         )
     text = "\n".join([*head, "", *lines])
     print(text)
