@@ -3,7 +3,8 @@
 Prints one JSON line per budget (median ρ, seconds, forwards/backwards per sample, per-attack
 medians), to compare the current ensemble with a cached bench_attacks.py run's envelope median.
 
-    .venv/bin/python benchmarks/ensemble_supplement.py plain      # or: gradreg
+    .venv/bin/python benchmarks/ensemble_supplement.py plain                 # or: gradreg
+    .venv/bin/python benchmarks/ensemble_supplement.py gradreg thorough 2    # budgets, threads
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ from salign.attacks import robustness
 
 def main() -> None:
     name = sys.argv[1] if len(sys.argv) > 1 else "plain"
-    torch.set_num_threads(1)
+    budgets = sys.argv[2].split(",") if len(sys.argv) > 2 else ["standard", "fast"]
+    torch.set_num_threads(int(sys.argv[3]) if len(sys.argv) > 3 else 1)
     model = get_model(0.0 if name == "plain" else 1.0, 1)
     x, _ = salign.data.load("mnist", "test")
     x = x[:200]
     with torch.no_grad():
         labels = model(x).argmax(1)
-    for budget in ("standard", "fast"):
+    for budget in budgets:
         start = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
