@@ -139,7 +139,7 @@ class Tracker:
         self._reference = self.best_dist.clone()
         self.steps: int | None = None
         self.offset = torch.zeros(n, dtype=torch.long, device=x.device)
-        self.fast_forwarded = torch.zeros(n, dtype=torch.bool, device=x.device)
+        self.fast_forwarded = torch.zeros(n, dtype=torch.bool, device=x.device)  # for reports
 
     @property
     def found(self) -> Tensor:
@@ -192,7 +192,8 @@ class Tracker:
                 self.active &= ~stalled
             else:
                 tail_start = self.steps - self.patience
-                can_skip = stalled & ~self.fast_forwarded & (self.offset + step + 1 < tail_start)
+                # a sample already fast-forwarded sits at or past tail_start: it cannot skip again
+                can_skip = stalled & (self.offset + step + 1 < tail_start)
                 self.offset = torch.where(can_skip, tail_start - (step + 1), self.offset)
                 self.fast_forwarded |= can_skip
                 self.active &= ~(stalled & ~can_skip)
