@@ -331,3 +331,41 @@ def test_fmn_reaches_a_boundary_behind_the_box() -> None:
     res = fmn(model, x, steps=300)
     assert bool(res.success.all())
     assert float(res.distance[0]) == pytest.approx(0.3, rel=1e-3)
+
+
+class _HalfPlane(nn.Module):
+    """Two logits (0, ⟨w, x⟩ − c): class 1 beyond the hyperplane ⟨w, x⟩ = c."""
+
+    def __init__(self, w: torch.Tensor, c: float) -> None:
+        super().__init__()
+        self.w, self.c = w, c
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = x.flatten(1).double() @ self.w - self.c
+        return torch.stack([torch.zeros_like(z), z], 1)
+
+
+def test_verify_pushes_a_point_left_just_short_of_the_boundary_instead_of_dropping_it() -> None:
+    """A found point that fails the final forward (e.g. a float32 forward of another batch shape
+    puts it back on the clean side) is pushed out a little, not reported as 'nothing found'."""
+    from salign.attacks._core import verify
+
+    torch.manual_seed(0)
+    w = torch.randn(8, dtype=torch.float64)
+    x = torch.full((3, 8), 0.5, dtype=torch.float64)
+    c = float(w.sum() * 0.5) + 0.1  # x is on the clean side, at distance 0.1/‖w‖
+    model = _HalfPlane(w, c)
+    rho = 0.1 / float(w.norm())
+    direction = w / w.norm()
+    adv = x.clone()
+    adv[0] += (rho * (1 - 1e-9)) * direction  # just short of the boundary: not adversarial
+    adv[1] += (rho * (1 + 1e-3)) * direction  # adversarial as given
+    # adv[2] == x: nothing was found for this sample
+    labels = torch.zeros(3, dtype=torch.long)
+    out = verify(model, x, adv, labels, labels)
+    assert out["success"].tolist() == [True, True, False]
+    assert rho < float(out["distance"][0]) <= rho * 1.01
+    assert float(out["distance"][1]) == pytest.approx(rho * (1 + 1e-3), rel=1e-9)
+    assert out["adv_class"].tolist() == [1, 1, 0]
+    assert float(out["distance"][2]) == float("inf")
+    assert torch.equal(out["adv"][2], x[2])
