@@ -59,7 +59,7 @@ def test_robustness_linear_within_a_tenth_of_a_percent(dtype: torch.dtype) -> No
     res = robustness(model, x, quiet=True)
     rel = res.distance.double() / rho.double() - 1
     assert float(rel.abs().max()) < 1e-3
-    assert set(res.per_attack) == {"deepfool", "ddn", "fmn", "alma"}
+    assert set(res.per_attack) == {"deepfool", "ddn", "fmn", "alma", "fmn_cold"}
     stacked = torch.stack([r.distance for r in res.per_attack.values()])
     torch.testing.assert_close(res.distance, stacked.amin(0))
     assert all(name in res.per_attack for name in res.best_attack)
@@ -308,9 +308,23 @@ def test_thorough_budget_adds_cold_started_copies() -> None:
             quiet=True,
         )
     assert res.flags["worse_than_deepfool"] == 3
-    assert set(res.per_attack) == {"deepfool", "ddn", "fmn", "carlini_wagner", "fmn_cold"}
+    assert set(res.per_attack) == {"deepfool", "ddn", "fmn", "carlini_wagner", "fmn_cold", "ddn_margin"}
     assert float((res.distance / rho - 1).abs().max()) < 1e-3
     assert res.per_attack["fmn_cold"].backwards >= 3 * 20  # cold copies do not start from the best point
+
+
+def test_budgets_add_their_extra_runs_only_for_requested_attacks() -> None:
+    model, x, rho = linear_problem(n=3, seed=9)
+    plans = {
+        ("standard", ("deepfool", "ddn", "fmn")): {"deepfool", "ddn", "fmn", "fmn_cold"},
+        ("fast", ("deepfool", "ddn", "fmn")): {"deepfool", "ddn", "fmn"},
+        ("standard", ("deepfool", "ddn")): {"deepfool", "ddn"},
+        ("thorough", ("ddn",)): {"ddn", "ddn_margin"},
+    }
+    for (budget, attacks), expected in plans.items():
+        res = robustness(model, x, budget=budget, steps=30, attacks=attacks, quiet=True)
+        assert set(res.per_attack) == expected, (budget, attacks)
+        assert float((res.distance / rho - 1).abs().max()) < 1e-3
 
 
 def test_cold_attacks_in_the_ensemble_are_polished() -> None:

@@ -34,7 +34,7 @@ def _fmn(
     tracker: Tracker,
     *,
     steps: int = 1000,
-    alpha_init: float = 1.0,
+    alpha_init: float = 10.0,
     alpha_final: float | None = None,
     gamma_init: float = 0.05,
     gamma_final: float = 0.001,
@@ -110,7 +110,7 @@ def fmn(
     labels: Tensor | None = None,
     *,
     steps: int = 1000,
-    alpha_init: float = 1.0,
+    alpha_init: float = 10.0,
     alpha_final: float | None = None,
     gamma_init: float = 0.05,
     gamma_final: float = 0.001,
@@ -137,7 +137,10 @@ def fmn(
         x: inputs (N, C, H, W) or (N, D) in [0, 1].
         labels: classes (N,) to move away from; ``None`` uses the predicted class.
         steps: iterations (each: 1 forward + 1 backward per active sample).
-        alpha_init: initial step size (1.0, the paper's L2 setting).
+        alpha_init: initial step size (10; the paper's L2 setting is 1). Tuned on held-out
+            MNIST test images 1000–1099, not the benchmark's: on the plain and the
+            gradient-regularised SmallNet, 10 put more samples within 1% of the best-known
+            distance (0.72 / 0.80 of them, against 0.71 / 0.70 with 1; 1000 steps).
         alpha_final: final step size (default ``alpha_init / 100``).
         gamma_init: initial ε change factor (0.05).
         gamma_final: final ε change factor (0.001).
