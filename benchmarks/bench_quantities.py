@@ -277,7 +277,7 @@ def main(argv: list[str]) -> int:
                 f"### EfficientNet-Lite0 (K = 1000, ImageNet weights), batch {xe.shape[0]}, 3×224×224, "
                 f"{n_threads} thread(s)\n"
             )
-            out += bench_model(effnet, xe, k_full=False, candidates=10, repeats=max(3, repeats // 2))
+            out += bench_model(effnet, xe, k_full=False, candidates=10, repeats=repeats)
             out.append("")
             print("\n".join(out[-12:]), flush=True)
         else:
