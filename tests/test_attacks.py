@@ -383,3 +383,20 @@ def test_verify_pushes_a_point_left_just_short_of_the_boundary_instead_of_droppi
     assert out["adv_class"].tolist() == [1, 1, 0]
     assert float(out["distance"][2]) == float("inf")
     assert torch.equal(out["adv"][2], x[2])
+
+
+def test_ddn_margin_tail_removes_the_cross_entropy_bias() -> None:
+    """Near the boundary between classes 0 and 1, a third class that never wins still holds
+    softmax mass, so the cross-entropy gradient is not the boundary's normal and DDN settles on a
+    point farther than the nearest one; the margin tail (the default) settles on the normal."""
+    model = nn.Linear(2, 3).double()
+    model.weight.data = torch.tensor([[0.0, 0.0], [4.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    model.bias.data = torch.tensor([1.0, -2.0, 0.0], dtype=torch.float64)  # Ψ1 = Ψ0 at x1 = 0.75
+    x = torch.tensor([[0.5, 0.5]], dtype=torch.float64)
+    rho = 0.25  # class 2 needs x2 = 1: farther, and not inside the box
+    kw = {"steps": 300, "polish_steps": 0}
+    biased = ddn(model, x, loss="ce", **kw)
+    default = ddn(model, x, **kw)
+    assert int(default.adv_class) == 1
+    assert float(default.distance) == pytest.approx(rho, rel=1e-3)
+    assert float(biased.distance) > rho * 1.003
