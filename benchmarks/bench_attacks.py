@@ -305,7 +305,20 @@ def main() -> None:
         model = get_model(lam, args.epochs)
         out = bench_model(name, model, x, args.steps, sweep)
         body, ratios = table(f"SmallNet {name} (λ = {lam:g})", out, args.n, args.steps)
-        part = {"lines": body, "ratios": ratios}
+        # per-sample distances and costs too, so that later runs can be compared sample by sample
+        part = {
+            "lines": body,
+            "ratios": ratios,
+            "runs": {
+                key: {
+                    "distance": r["distance"].tolist(),
+                    "seconds": r["seconds"],
+                    "forwards": r["forwards"],
+                    "backwards": r["backwards"],
+                }
+                for key, r in out["runs"].items()
+            },
+        }
         (CACHE / f"attacks_{name}_n{args.n}_s{args.steps}.json").write_text(json.dumps(part))
     for name in (args.assemble or args.models).split(","):
         part = json.loads((CACHE / f"attacks_{name}_n{args.n}_s{args.steps}.json").read_text())
@@ -339,8 +352,8 @@ def main() -> None:
         "its best point, and stops if it stalls there). Every attack ends with a line search onto the boundary and "
         "2 polish rounds (a DeepFool step from x with the gradients at the best point, up to 10 "
         "backwards per round) — all counted in fwd/bwd and seconds. `ours robustness` = DeepFool, "
-        "DDN (from x), FMN and ALMA (warm-started from the best point so far), early exit, one final "
-        "polish. `ours ddn k` and `ours ddn k no polish` rows (patience = max(10, k/5)) and `fb ddn k` / "
+        "DDN and ALMA from x, FMN warm-started from the best point so far and (standard budget) a "
+        "second FMN from x, early exit (not for ALMA), one final polish. `ours ddn k` and `ours ddn k no polish` rows (patience = max(10, k/5)) and `fb ddn k` / "
         "`fb fmn k` rows are the step sweep used for the time-to-target comparison.",
         "",
         "## Summary (goals in brackets)",

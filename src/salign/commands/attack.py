@@ -27,7 +27,9 @@ def register(app: typer.Typer) -> None:
             help="Comma-separated: deepfool, ddn, fmn, alma, carlini_wagner.",
         ),
         budget: str = typer.Option(
-            "standard", "--budget", help="fast (100 steps), standard (1000), thorough."
+            "standard",
+            "--budget",
+            help="fast (100 steps), standard (1000, + a cold FMN), thorough (+ a margin DDN).",
         ),
         steps: int | None = typer.Option(None, "--steps", help="Steps per attack (overrides the budget)."),
         batch_size: int | None = typer.Option(
