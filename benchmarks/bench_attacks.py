@@ -352,7 +352,7 @@ def main() -> None:
         "its best point, and stops if it stalls there). Every attack ends with a line search onto the boundary and "
         "2 polish rounds (a DeepFool step from x with the gradients at the best point, up to 10 "
         "backwards per round) — all counted in fwd/bwd and seconds. `ours robustness` = DeepFool, "
-        "DDN and ALMA from x, FMN warm-started from the best point so far and (standard budget) a "
+        "DDN from x, FMN and ALMA warm-started from the best point so far and (standard budget) a "
         "second FMN from x, early exit (not for ALMA), one final polish. `ours ddn k` and `ours ddn k no polish` rows (patience = max(10, k/5)) and `fb ddn k` / "
         "`fb fmn k` rows are the step sweep used for the time-to-target comparison.",
         "",
