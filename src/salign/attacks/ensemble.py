@@ -49,9 +49,9 @@ ATTACKS: dict[str, tuple[Any, bool]] = {
 #: budget -> (steps per attack, extra runs after the requested attacks). An extra run is
 #: ``(label, attack, options)``: it runs from x (cold) when ``attack`` is among the requested
 #: attacks. ``standard`` adds a cold FMN copy: on the gradient-regularised MNIST SmallNet the
-#: attacks land in different local minima per sample, and this copy took the ensemble's median
-#: from 1.0159 to 1.0087 of the best-known distances for 1.23× the forwards in the previous
-#: benchmark run (docs/benchmarks/attacks.md).
+#: attacks land in different local minima per sample, and in the previous benchmark run this
+#: copy took the ensemble's median from 1.0159 to 1.0087 of that run's best-known median, for
+#: 1.23× the forwards (docs/benchmarks/attacks.md, "Budgets").
 #: ``thorough`` adds a cold DDN on the logit margin, a loss that settles in other minima than
 #: DDN's cross-entropy on smooth models.
 BUDGETS: dict[str, tuple[int, tuple[tuple[str, str, dict[str, Any]], ...]]] = {
