@@ -59,7 +59,7 @@ def test_robustness_linear_within_a_tenth_of_a_percent(dtype: torch.dtype) -> No
     res = robustness(model, x, quiet=True)
     rel = res.distance.double() / rho.double() - 1
     assert float(rel.abs().max()) < 1e-3
-    assert set(res.per_attack) == {"deepfool", "ddn", "fmn", "alma", "fmn_cold"}
+    assert set(res.per_attack) == {"deepfool", "ddn", "fmn", "alma", "ddn_short", "fmn_short", "alma_short"}
     stacked = torch.stack([r.distance for r in res.per_attack.values()])
     torch.testing.assert_close(res.distance, stacked.amin(0))
     assert all(name in res.per_attack for name in res.best_attack)
@@ -315,16 +315,42 @@ def test_thorough_budget_adds_cold_started_copies() -> None:
 
 def test_budgets_add_their_extra_runs_only_for_requested_attacks() -> None:
     model, x, rho = linear_problem(n=3, seed=9)
-    plans = {
-        ("standard", ("deepfool", "ddn", "fmn")): {"deepfool", "ddn", "fmn", "fmn_cold"},
-        ("fast", ("deepfool", "ddn", "fmn")): {"deepfool", "ddn", "fmn"},
-        ("standard", ("deepfool", "ddn")): {"deepfool", "ddn"},
-        ("thorough", ("ddn",)): {"ddn", "ddn_margin"},
+    plans = {  # (budget, attacks, steps): per-attack labels; restart chains need >= 100 steps
+        ("standard", ("deepfool", "ddn", "fmn"), 100): {"deepfool", "ddn", "fmn", "ddn_short", "fmn_short"},
+        ("standard", ("deepfool", "ddn", "fmn"), 30): {"deepfool", "ddn", "fmn"},
+        ("fast", ("deepfool", "ddn", "fmn"), 100): {"deepfool", "ddn", "fmn"},
+        ("standard", ("deepfool", "alma"), 100): {"deepfool", "alma", "alma_short"},
+        ("thorough", ("ddn",), 30): {"ddn", "ddn_margin"},
+        ("thorough", ("fmn",), 100): {"fmn", "fmn_cold", "fmn_short"},
     }
-    for (budget, attacks), expected in plans.items():
-        res = robustness(model, x, budget=budget, steps=30, attacks=attacks, quiet=True)
+    for (budget, attacks, steps), expected in plans.items():
+        res = robustness(model, x, budget=budget, steps=steps, attacks=attacks, quiet=True)
         assert set(res.per_attack) == expected, (budget, attacks)
         assert float((res.distance / rho - 1).abs().max()) < 1e-3
+
+
+def test_a_restart_chain_warm_starts_from_its_own_best_point(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The short chain's FMN starts from the best of DeepFool and the short DDN, not from the
+    main chain's (better) best point: the chain is an independent restart."""
+    from salign.attacks import ensemble
+
+    model, x, _ = linear_problem(n=4, seed=11, dtype=torch.float64)
+    starts: list[torch.Tensor | None] = []
+    impl, warm = ensemble.ATTACKS["fmn"]
+
+    def spy(*args: object, **kw: object) -> None:
+        starts.append(kw.get("start"))  # type: ignore[arg-type]
+        impl(*args, **kw)
+
+    monkeypatch.setitem(ensemble.ATTACKS, "fmn", (spy, warm))
+    res = robustness(model, x, attacks=("deepfool", "ddn", "fmn"), steps=100, polish_steps=0, quiet=True)
+    assert len(starts) == 2 and starts[0] is not None and starts[1] is not None
+    df, ddn_short = res.per_attack["deepfool"], res.per_attack["ddn_short"]
+    chain_best = torch.where((ddn_short.distance < df.distance).view(-1, 1, 1, 1), ddn_short.adv, df.adv)
+    torch.testing.assert_close(starts[1], chain_best, rtol=0, atol=0)
+    main = res.per_attack["ddn"]
+    main_best = torch.where((main.distance < df.distance).view(-1, 1, 1, 1), main.adv, df.adv)
+    torch.testing.assert_close(starts[0], main_best, rtol=0, atol=0)
 
 
 def test_cold_attacks_in_the_ensemble_are_polished() -> None:

@@ -29,7 +29,7 @@ def register(app: typer.Typer) -> None:
         budget: str = typer.Option(
             "standard",
             "--budget",
-            help="fast (100 steps), standard (1000, + a cold FMN), thorough (+ a margin DDN).",
+            help="fast (100 steps), standard (1000, + a 100-step restart chain), thorough (+ a cold FMN and a margin DDN).",
         ),
         steps: int | None = typer.Option(None, "--steps", help="Steps per attack (overrides the budget)."),
         batch_size: int | None = typer.Option(
