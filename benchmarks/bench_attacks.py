@@ -242,18 +242,21 @@ def early_exit_ratios(lines: list[str], steps: int) -> dict[str, float]:
     return out
 
 
-def cost_pair(model: torch.nn.Module, x: torch.Tensor, steps: int, attack: str) -> list[str]:
-    """Our DDN or FMN (early exit) and foolbox's at equal steps, side by side: one table row each."""
+def cost_pair(
+    model: torch.nn.Module, x: torch.Tensor, steps: int, attack: str, all_steps: bool = False
+) -> list[str]:
+    """Our DDN or FMN (early exit, or all steps) and foolbox's at equal steps, side by side."""
     import foolbox as fb
 
     with torch.no_grad():
         labels = model(x).argmax(1)
     fn, theirs = {"ddn": (ddn, fb.attacks.DDNAttack), "fmn": (fmn, fb.attacks.L2FMNAttack)}[attack]
-    a = ours(fn, model, x, labels, steps=steps, patience=max(50, steps // 10))
+    a = ours(fn, model, x, labels, steps=steps, patience=None if all_steps else max(50, steps // 10))
     b = run_foolbox(theirs(steps=steps), model, x, labels)
     env = torch.minimum(a["distance"], b["distance"])
     rows = []
-    for key, r in ((f"ours {attack} {steps}", a), (f"fb {attack} {steps}", b)):
+    label = f"ours {attack} {steps}" + ("" if all_steps else " early exit")
+    for key, r in ((label, a), (f"fb {attack} {steps}", b)):
         rows.append(
             f"| {key} | {median(r['distance']):.4f} | {median(r['distance']) / median(env):.4f} | "
             f"{float(torch.isfinite(r['distance']).float().mean()):.1%} | {r['forwards'] / len(x):.0f} | "
@@ -284,17 +287,21 @@ def main() -> None:
         "--cost-only",
         type=str,
         default="",
-        help="ddn or fmn: only ours vs foolbox at equal steps (plain model)",
+        help="ddn or fmn: only ours (early exit) vs foolbox at equal steps, on --models' first model",
     )
+    parser.add_argument("--all-steps", action="store_true", help="--cost-only: ours runs all its steps")
     parser.add_argument("--quick", action="store_true", help="n=40, steps=200, sweep 30")
     parser.add_argument("--out", type=Path, default=DOC)
     args = parser.parse_args()
     if args.cost_only:
         torch.set_num_threads(args.threads)
         x_all, _ = salign.data.load("mnist", "test")
-        model = get_model(0.0, args.epochs)
-        rows = cost_pair(model, x_all[: args.n], args.steps, args.cost_only)
-        (CACHE / f"cost_{args.cost_only}_n{args.n}_s{args.steps}.json").write_text(json.dumps(rows))
+        name = args.models.split(",")[0]
+        model = get_model(0.0 if name == "plain" else args.lam, args.epochs)
+        x = x_all[args.first : args.first + args.n]
+        rows = cost_pair(model, x, args.steps, args.cost_only, args.all_steps)
+        tag = f"{name}_{args.cost_only}{'_all' if args.all_steps else ''}_n{args.n}_s{args.steps}_from{args.first}"
+        (CACHE / f"cost_{tag}.json").write_text(json.dumps(rows))
         print("\n".join(rows))
         return
     if args.quick:
