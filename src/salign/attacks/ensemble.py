@@ -96,12 +96,9 @@ def _options(name: str, steps: int) -> dict[str, Any]:
     return {"steps": steps}
 
 
-MAIN_CHAIN = "main"
-
-
 class _Run(NamedTuple):
-    """One attack run of the plan: its options include the steps; ``chain`` is
-    :data:`MAIN_CHAIN`, a restart chain's name, or None (a cold extra run)."""
+    """One attack run of the plan: its options include the steps; ``chain`` names the restart
+    chain it belongs to (None: the main chain, or a cold extra run)."""
 
     label: str
     name: str
@@ -118,9 +115,9 @@ def _plan(attacks: list[str], budget: str, steps: int, patience: int | str | Non
     def run(label: str, name: str, warm: bool, extra: dict[str, Any], chain: str | None, n: int) -> _Run:
         options = {**_options(name, n), **extra}
         pat = max(50, n // 10) if patience == "auto" else patience
-        return _Run(label, name, warm, options, chain, pat)  # type: ignore[arg-type]
+        return _Run(label, name, warm, options, chain, pat if isinstance(pat, int) else None)
 
-    plan = [run(name, name, ATTACKS[name][1], {}, MAIN_CHAIN, steps) for name in dict.fromkeys(attacks)]
+    plan = [run(name, name, ATTACKS[name][1], {}, None, steps) for name in dict.fromkeys(attacks)]
     short = steps // SHORT_CHAIN_DIVISOR
     for label, name, extra, chain in extra_runs:
         if name not in attacks:
@@ -167,8 +164,7 @@ def _attack_chunk(
         tracker.best_dist[~attacked] = 0
         tracker.active &= attacked
         options = dict(run.options)
-        restart = chain is not None and chain != MAIN_CHAIN
-        start_dist, start_adv = chain_best.get(chain, chain_start) if restart else (best_dist, best_adv)
+        start_dist, start_adv = (best_dist, best_adv) if chain is None else chain_best.get(chain, chain_start)
         if warm and bool(torch.isfinite(start_dist).any()):
             options["start"] = start_adv
             # the start point is verified: the attack's result can only improve on it
@@ -202,7 +198,7 @@ def _attack_chunk(
             seconds=time.perf_counter() - t0,
             flags=flags_of(tracker, verified, attacked),
         )
-        if restart:
+        if chain is not None:
             c_dist, c_adv = chain_best.get(chain, chain_start)
             c_better = verified["distance"] < c_dist
             chain_best[chain] = (
@@ -213,7 +209,7 @@ def _attack_chunk(
             chain_start = (verified["distance"].clone(), verified["adv"].clone())
         better = verified["distance"] < best_dist
         best_dist = torch.where(better, verified["distance"], best_dist)
-        best_adv = torch.where(better.view(-1, *([1] * (x.ndim - 1))), verified["adv"], best_adv)
+        best_adv = torch.where(batch_view(better, x), verified["adv"], best_adv)
         best_class = torch.where(better, verified["adv_class"], best_class)
         for i in better.nonzero().squeeze(1).tolist():
             best_name[i] = label
@@ -268,11 +264,11 @@ def robustness(
     bound, and the ensemble keeps the smallest *verified* one per sample. Attacks run in the
     given order; FMN and ALMA start from the best point found so far, DDN starts from x (from
     DeepFool's point it gets stuck in DeepFool's basin: see :data:`ATTACKS`), the budget's extra
-    runs start from x or form a restart chain with its own best point (:data:`BUDGETS`), every attack's best point is moved onto the boundary by a
-    line search towards x and re-verified, and with ``patience`` a sample whose best distance
-    stops improving skips to the small-step tail of its attack's schedule and stops when it
-    stalls there (easy samples do not pay for hard ones, and no sample is stopped while its
-    step size is still large).
+    runs start from x or form a restart chain with its own best point (:data:`BUDGETS`), every
+    attack's best point is moved onto the boundary by a line search towards x and re-verified,
+    and with ``patience`` a sample whose best distance stops improving skips to the small-step
+    tail of its attack's schedule and stops when it stalls there (easy samples do not pay for
+    hard ones, and no sample is stopped while its step size is still large).
 
     Args:
         model: classifier returning logits (N, K) for inputs in [0, 1]; its train/eval mode and
