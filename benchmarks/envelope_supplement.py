@@ -26,6 +26,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -33,7 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import salign
-from bench_attacks import cache_path, get_model, ours, run_foolbox, table
+from bench_attacks import cache_path, get_model, ours, run_foolbox, table, verified_distance
 from salign.attacks import alma, ddn, ensemble, fmn, robustness
 
 
@@ -117,6 +119,20 @@ def foolbox_attack(spec: str) -> object:
     return {"ddn": fb.attacks.DDNAttack, "fmn": fb.attacks.L2FMNAttack}[attack](steps=int(size))
 
 
+def run_fab(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor, iterations: int) -> dict:
+    """pyautoattack 0.2.0's FAB (Croce & Hein 2020), L2, untargeted, one run from x: its smallest
+    adversarial point per sample (``perturb`` would keep only points inside a fixed ε)."""
+    from pyautoattack.fab_pt import FABAttack_PT
+
+    fab = FABAttack_PT(model, norm="L2", n_restarts=1, n_iter=iterations, eps=10.0, seed=0)
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        adv = fab.attack_single_run(x, labels, use_rand_start=False, is_targeted=False)
+    seconds = time.perf_counter() - start
+    return {"distance": verified_distance(model, x, adv, labels).tolist(), "seconds": seconds}
+
+
 def rerun(
     name: str, part: dict, path: Path, model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor, tag: str
 ) -> None:
@@ -162,6 +178,9 @@ def main() -> None:
         default="",
         help='longer foolbox runs to add, comma-separated: "ddn 3000", "fmn 3000", "cw 5x600"',
     )
+    parser.add_argument(
+        "--fab", type=int, default=0, help="add pyautoattack's FAB (L2, untargeted) with this many iterations"
+    )
     args = parser.parse_args()
     name, first = args.name, args.first
     torch.set_num_threads(1)
@@ -189,6 +208,13 @@ def main() -> None:
         r = run_foolbox(foolbox_attack(spec), model, x, labels)
         extra[key] = {"distance": r["distance"].tolist(), "seconds": r["seconds"]}
         print(f"{name} {key}: median {float(r['distance'].median()):.4f}, {r['seconds']:.0f} s", flush=True)
+        path.write_text(json.dumps(part))
+    if args.fab and f"aa fab {args.fab}" not in extra:
+        r = run_fab(model, x, labels, args.fab)
+        extra[f"aa fab {args.fab}"] = r
+        print(
+            f"{name} aa fab {args.fab}: median {torch.tensor(r['distance']).median():.4f}, {r['seconds']:.0f} s"
+        )
         path.write_text(json.dumps(part))
     main_runs = {k: torch.tensor(v["distance"]) for k, v in part["runs"].items()}
     extra_runs = {k: torch.tensor(v["distance"]) for k, v in extra.items()}

@@ -72,3 +72,45 @@ def test_fmn_finds_samples_where_the_box_clamp_used_to_stall_it() -> None:
     x, _ = salign.data.load("mnist", "test")
     res = fmn(model, x[[18, 78]], steps=200)
     assert bool(res.success.all())
+
+
+@pytest.mark.slow
+def test_ensemble_agrees_with_pyautoattack_fab_and_apgd_on_smallnet() -> None:
+    """Cross-check with pyautoattack 0.2.0 (Croce & Hein 2020): FAB, a minimal-norm attack, should
+    not beat the ensemble on more than a few samples; APGD at a fixed ε (the ensemble's median ρ)
+    must not break a sample the ensemble puts more than 2% beyond ε, and must break those it puts
+    well inside (else the check would be vacuous)."""
+    pytest.importorskip("pyautoattack")
+    from pyautoattack.autopgd_base import APGDAttack
+    from pyautoattack.fab_pt import FABAttack_PT
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = _smallnet()
+        x, _ = salign.data.load("mnist", "test")
+        x = x[:40]
+        labels = model(x).argmax(1)
+        ours = robustness(model, x, steps=200, quiet=True).distance
+
+        def verified(adv: torch.Tensor) -> torch.Tensor:
+            adv = adv.clamp(0, 1)
+            with torch.no_grad():
+                ok = model(adv).argmax(1) != labels
+            d = (adv - x).flatten(1).norm(dim=1)
+            return torch.where(ok, d, torch.full_like(d, float("inf")))
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fab = FABAttack_PT(model, norm="L2", n_restarts=1, n_iter=100, eps=10.0, seed=0)
+            fab_d = verified(fab.attack_single_run(x, labels, use_rand_start=False, is_targeted=False))
+            eps = float(ours.median())
+            apgd = APGDAttack(model, norm="L2", eps=eps, n_iter=100, seed=0)
+            broken = verified(apgd.perturb(x, labels)) <= eps * (1 + 1e-4)
+        assert float((ours <= fab_d * 1.001).float().mean()) >= 0.9
+        assert float(ours.median()) <= float(fab_d.median())
+        far, near = ours > 1.02 * eps, ours < 0.98 * eps
+        assert int((broken & far).sum()) == 0
+        assert int((broken & near).sum()) >= 0.8 * int(near.sum())
+    finally:
+        torch.set_num_threads(threads)
