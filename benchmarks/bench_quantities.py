@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 import salign
+import salign._kernels
 from salign.quantities import STRATEGIES, alignment, analyze, nearest_rival, saliency
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,6 +96,23 @@ HEAD = (
 )
 
 
+ONEDNN_ALIGNMENT = "alignment(binarized, runner_up), oneDNN kernel throughout"
+ONEDNN_NEAREST = "nearest_rival(strategy='loop'), oneDNN kernel throughout"
+
+
+def without_kernel_workaround(fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` with salign's native-kernel input gradient for 1-channel convolutions turned off."""
+
+    def run() -> object:
+        salign._kernels.ENABLED = False
+        try:
+            return fn()
+        finally:
+            salign._kernels.ENABLED = True
+
+    return run
+
+
 def bench_model(
     model: nn.Module, x: Tensor, *, k_full: bool, candidates: int | None, repeats: int
 ) -> list[str]:
@@ -115,8 +133,12 @@ def bench_model(
         "alignment(binarized, runner_up)": lambda: alignment(model, x, mode="binarized", rival="runner_up"),
         "analyze(rival='runner_up')": lambda: analyze(model, x, rival="runner_up"),
     }
+    v[ONEDNN_ALIGNMENT] = without_kernel_workaround(
+        lambda: alignment(model, x, mode="binarized", rival="runner_up")
+    )
     if k_full:
         every = [torch.full_like(pred, j) for j in range(k)]
+        v[ONEDNN_NEAREST] = without_kernel_workaround(lambda: nearest_rival(model, x))
         v["K × (fwd+bwd)"] = lambda: separate_passes(model, x, every)
         v["fwd + K bwd (plain loop)"] = lambda: bare_backwards(model, x, every)
         for s in STRATEGIES:
@@ -136,6 +158,7 @@ def bench_model(
     lines.append(row(f"**P1** {name}", name, "fwd+bwd", 1.10))
     name = "analyze(rival='runner_up')"
     lines.append(row(f"**P1** {name}", name, "fwd+2bwd", 1.15))
+    lines.append(row(ONEDNN_ALIGNMENT, ONEDNN_ALIGNMENT, "fwd+bwd"))
     if k_full:
         lines.append(row("K × (fwd+bwd)", "K × (fwd+bwd)", "K × (fwd+bwd)"))
         lines.append(row("fwd + K bwd (plain loop)", "fwd + K bwd (plain loop)", "K × (fwd+bwd)"))
@@ -143,6 +166,7 @@ def bench_model(
             name = f"nearest_rival(strategy='{s}')"
             bound = 0.45 if s == salign.quantities.DEFAULT_STRATEGY else None
             lines.append(row(("**P2** " if bound else "") + name, name, "K × (fwd+bwd)", bound))
+        lines.append(row(ONEDNN_NEAREST, ONEDNN_NEAREST, "K × (fwd+bwd)"))
         lines.append(row("analyze(rival='nearest')", "analyze(rival='nearest')", "K × (fwd+bwd)"))
     else:
         name = f"nearest_rival(candidates={candidates})"

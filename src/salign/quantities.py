@@ -24,6 +24,10 @@ All input gradients of one sample come from ONE forward pass: the logits' graph 
 walked backwards once per needed class combination (see :func:`class_gradients`). In eval
 mode the samples of a batch do not interact, so the gradient of Σ_n Ψ^{c_n}(x_n) with respect
 to the batch holds every per-sample gradient ∇Ψ^{c_n}(x_n) at once.
+
+On a CPU with oneDNN, the input gradient of a single-channel ``nn.Conv2d`` (the first layer of
+an MNIST model) is taken with PyTorch's native kernel, about 3× faster than oneDNN's for that
+layer; the result agrees to float rounding (:mod:`salign._kernels`).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from salign._kernels import native_input_gradients
 from salign._validation import (
     RANGE_TOLERANCE,
     check_inputs,
@@ -139,7 +144,11 @@ class _Graph:
             if strategy == "vmap":
                 if create_graph:
                     raise InputError("strategy='vmap' does not support create_graph=True; use 'loop'")
-                out, self._vjp_fn = torch.func.vjp(model, x.detach())
+                out, self._vjp_fn = torch.func.vjp(model, x.detach())  # type: ignore[misc]
+            elif strategy == "loop" and not create_graph:
+                # input gradients only: single-channel convolutions use the faster native kernel
+                with torch.enable_grad(), native_input_gradients(model, self.x):
+                    out = model(self.x)
             else:
                 with torch.enable_grad():
                     out = model(self.x)
@@ -211,6 +220,7 @@ class _Graph:
         rows in all (so that K = 1000 cotangents are never materialised at once). The graph is
         freed by the last chunk's backward.
         """
+        make: Callable[[int, int], Tensor]
         if isinstance(cot, Tensor):
             rows, total = cot, cot.shape[0]
 
