@@ -15,6 +15,9 @@ class Normalize(nn.Module):
     gradients, alignments and attack distances refer to [0, 1] pixel units.
     """
 
+    mean: Tensor  # buffers, (1, C, 1, 1)
+    std: Tensor
+
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         if len(mean) != len(std):
