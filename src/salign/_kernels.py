@@ -1,15 +1,17 @@
 """A faster CPU kernel for the input gradient of single-channel convolutions.
 
 On CPU builds of PyTorch with oneDNN, the input gradient ("backward data") of a convolution
-with one input channel, the first layer of every MNIST model, is about 3× slower than PyTorch's
-native kernel for the same operation (SmallNet's first layer, batch 100, 1 thread: 6.7 ms
-against 2.3 ms; docs/benchmarks/quantities.md). The quantities take that gradient once per
+with one input channel, the first layer of every MNIST model, is 2.5–3× slower than PyTorch's
+native kernel for the same operation (SmallNet's first layer, batch 256, 1 thread: 20.2 ms
+against 7.9 ms; docs/benchmarks/quantities.md). The quantities take that gradient once per
 backward, and the nearest-rival search takes K − 1 backwards per batch, so
 :func:`native_input_gradients` lets them compute it with the native kernel instead.
 
 It only changes which kernel computes ∂L/∂input of such layers (the result agrees to float
 rounding); parameter gradients are not tracked through the wrapped layers, so it is used only
 where gradients are taken with respect to the input alone (never with ``create_graph=True``).
+The backward switches oneDNN off globally for the duration of that one kernel call, so another
+thread running convolutions at that moment would use the native kernels too (same results).
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ mode the samples of a batch do not interact, so the gradient of Σ_n Ψ^{c_n}(x_
 to the batch holds every per-sample gradient ∇Ψ^{c_n}(x_n) at once.
 
 On a CPU with oneDNN, the input gradient of a single-channel ``nn.Conv2d`` (the first layer of
-an MNIST model) is taken with PyTorch's native kernel, about 3× faster than oneDNN's for that
+an MNIST model) is taken with PyTorch's native kernel, 2.5–3× faster than oneDNN's for that
 layer; the result agrees to float rounding (:mod:`salign._kernels`).
 """
 
