@@ -4,6 +4,7 @@ benchmarks/bench_attacks.py, with a looser bound)."""
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,33 +34,45 @@ def _smallnet() -> torch.nn.Module:
     return model.eval()
 
 
-@pytest.mark.slow
-def test_ensemble_matches_the_best_of_foolbox_on_smallnet() -> None:
-    fb = pytest.importorskip("foolbox")
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Peer attacks and ours run on one thread (as in benchmarks/bench_attacks.py)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        model = _smallnet()
-        x, _ = salign.data.load("mnist", "test")
-        x = x[:20]
-        labels = model(x).argmax(1)
-        fmodel = fb.PyTorchModel(model, bounds=(0, 1))
-        theirs = []
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            for attack in (fb.attacks.DDNAttack(steps=200), fb.attacks.L2FMNAttack(steps=200)):
-                _, clipped, is_adv = attack(fmodel, x, labels, epsilons=None)
-                d = (clipped - x).flatten(1).norm(dim=1)
-                theirs.append(torch.where(is_adv, d, torch.full_like(d, float("inf"))))
-            ours = robustness(model, x, steps=200, quiet=True)
-            ours_ddn = ddn(model, x, steps=200)
-        envelope = torch.stack([*theirs, ours.distance, ours_ddn.distance]).amin(0)
-        assert bool(ours.success.all())
-        assert float(ours.distance.median()) <= 1.02 * float(envelope.median())
-        assert float(ours_ddn.distance.median()) <= 1.04 * float(envelope.median())
-        assert float(ours.distance.median()) <= 1.01 * float(theirs[0].median())
+        yield
     finally:
         torch.set_num_threads(threads)
+
+
+def _smallnet_on_mnist(n: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """The SmallNet, the first ``n`` MNIST test images and its predicted classes."""
+    model = _smallnet()
+    x, _ = salign.data.load("mnist", "test")
+    x = x[:n]
+    return model, x, model(x).argmax(1)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_ensemble_matches_the_best_of_foolbox_on_smallnet() -> None:
+    fb = pytest.importorskip("foolbox")
+    model, x, labels = _smallnet_on_mnist(20)
+    fmodel = fb.PyTorchModel(model, bounds=(0, 1))
+    theirs = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for attack in (fb.attacks.DDNAttack(steps=200), fb.attacks.L2FMNAttack(steps=200)):
+            _, clipped, is_adv = attack(fmodel, x, labels, epsilons=None)
+            d = (clipped - x).flatten(1).norm(dim=1)
+            theirs.append(torch.where(is_adv, d, torch.full_like(d, float("inf"))))
+        ours = robustness(model, x, steps=200, quiet=True)
+        ours_ddn = ddn(model, x, steps=200)
+    envelope = torch.stack([*theirs, ours.distance, ours_ddn.distance]).amin(0)
+    assert bool(ours.success.all())
+    assert float(ours.distance.median()) <= 1.02 * float(envelope.median())
+    assert float(ours_ddn.distance.median()) <= 1.04 * float(envelope.median())
+    assert float(ours.distance.median()) <= 1.01 * float(theirs[0].median())
 
 
 @pytest.mark.slow
@@ -75,6 +88,7 @@ def test_fmn_finds_samples_where_the_box_clamp_used_to_stall_it() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
 def test_ensemble_agrees_with_pyautoattack_fab_and_apgd_on_smallnet() -> None:
     """Cross-check with pyautoattack 0.2.0 (Croce & Hein 2020): FAB, a minimal-norm attack, should
     not beat the ensemble on more than a few samples; APGD at a fixed ε (the ensemble's median ρ)
@@ -84,33 +98,25 @@ def test_ensemble_agrees_with_pyautoattack_fab_and_apgd_on_smallnet() -> None:
     from pyautoattack.autopgd_base import APGDAttack
     from pyautoattack.fab_pt import FABAttack_PT
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        model = _smallnet()
-        x, _ = salign.data.load("mnist", "test")
-        x = x[:40]
-        labels = model(x).argmax(1)
-        ours = robustness(model, x, steps=200, quiet=True).distance
+    model, x, labels = _smallnet_on_mnist(40)
+    ours = robustness(model, x, steps=200, quiet=True).distance
 
-        def verified(adv: torch.Tensor) -> torch.Tensor:
-            adv = adv.clamp(0, 1)
-            with torch.no_grad():
-                ok = model(adv).argmax(1) != labels
-            d = (adv - x).flatten(1).norm(dim=1)
-            return torch.where(ok, d, torch.full_like(d, float("inf")))
+    def verified(adv: torch.Tensor) -> torch.Tensor:
+        adv = adv.clamp(0, 1)
+        with torch.no_grad():
+            ok = model(adv).argmax(1) != labels
+        d = (adv - x).flatten(1).norm(dim=1)
+        return torch.where(ok, d, torch.full_like(d, float("inf")))
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            fab = FABAttack_PT(model, norm="L2", n_restarts=1, n_iter=100, eps=10.0, seed=0)
-            fab_d = verified(fab.attack_single_run(x, labels, use_rand_start=False, is_targeted=False))
-            eps = float(ours.median())
-            apgd = APGDAttack(model, norm="L2", eps=eps, n_iter=100, seed=0)
-            broken = verified(apgd.perturb(x, labels)) <= eps * (1 + 1e-4)
-        assert float((ours <= fab_d * 1.001).float().mean()) >= 0.9
-        assert float(ours.median()) <= float(fab_d.median())
-        far, near = ours > 1.02 * eps, ours < 0.98 * eps
-        assert int((broken & far).sum()) == 0
-        assert int((broken & near).sum()) >= 0.8 * int(near.sum())
-    finally:
-        torch.set_num_threads(threads)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fab = FABAttack_PT(model, norm="L2", n_restarts=1, n_iter=100, eps=10.0, seed=0)
+        fab_d = verified(fab.attack_single_run(x, labels, use_rand_start=False, is_targeted=False))
+        eps = float(ours.median())
+        apgd = APGDAttack(model, norm="L2", eps=eps, n_iter=100, seed=0)
+        broken = verified(apgd.perturb(x, labels)) <= eps * (1 + 1e-4)
+    assert float((ours <= fab_d * 1.001).float().mean()) >= 0.9
+    assert float(ours.median()) <= float(fab_d.median())
+    far, near = ours > 1.02 * eps, ours < 0.98 * eps
+    assert int((broken & far).sum()) == 0
+    assert int((broken & near).sum()) >= 0.8 * int(near.sum())

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
@@ -145,12 +146,12 @@ class _Graph:
                 if create_graph:
                     raise InputError("strategy='vmap' does not support create_graph=True; use 'loop'")
                 out, self._vjp_fn = torch.func.vjp(model, x.detach())  # type: ignore[misc]
-            elif strategy == "loop" and not create_graph:
-                # input gradients only: single-channel convolutions use the faster native kernel
-                with torch.enable_grad(), native_input_gradients(model, self.x):
-                    out = model(self.x)
             else:
-                with torch.enable_grad():
+                # input gradients only (loop, no create_graph): single-channel convolutions may
+                # use the faster native kernel
+                fast = strategy == "loop" and not create_graph
+                kernels = native_input_gradients(model, self.x) if fast else nullcontext()
+                with torch.enable_grad(), kernels:
                     out = model(self.x)
         except RuntimeError as exc:
             param = next((p for p in model.parameters() if p.is_floating_point()), None)
