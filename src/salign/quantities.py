@@ -24,17 +24,12 @@ All input gradients of one sample come from ONE forward pass: the logits' graph 
 walked backwards once per needed class combination (see :func:`class_gradients`). In eval
 mode the samples of a batch do not interact, so the gradient of Σ_n Ψ^{c_n}(x_n) with respect
 to the batch holds every per-sample gradient ∇Ψ^{c_n}(x_n) at once.
-
-On a CPU with oneDNN, the input gradient of a single-channel ``nn.Conv2d`` (the first layer of
-an MNIST model) is taken with PyTorch's native kernel, 2.5–3× faster than oneDNN's for that
-layer; the result agrees to float rounding (:mod:`salign._kernels`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
@@ -42,7 +37,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from salign._kernels import native_input_gradients
 from salign._validation import (
     RANGE_TOLERANCE,
     check_inputs,
@@ -147,11 +141,7 @@ class _Graph:
                     raise InputError("strategy='vmap' does not support create_graph=True; use 'loop'")
                 out, self._vjp_fn = torch.func.vjp(model, x.detach())  # type: ignore[misc]
             else:
-                # input gradients only (loop, no create_graph): single-channel convolutions may
-                # use the faster native kernel
-                fast = strategy == "loop" and not create_graph
-                kernels = native_input_gradients(model, self.x) if fast else nullcontext()
-                with torch.enable_grad(), kernels:
+                with torch.enable_grad():
                     out = model(self.x)
         except RuntimeError as exc:
             param = next((p for p in model.parameters() if p.is_floating_point()), None)

@@ -24,16 +24,10 @@ from torch import Tensor, nn
 
 from salign._validation import check_inputs, check_labels, check_model, check_model_on
 from salign.errors import InputError
-from salign.training import _fd_fast
 
 Method = Literal["double_backprop", "finite_difference"]
 Target = Literal["loss", "logit", "binarized"]
 Scaling = Literal["per_example", "batch_mean"]
-
-#: Use the cheaper exact backward of :mod:`salign.training._fd_fast` for the finite-difference
-#: penalty where it applies (target "loss", per-example Conv2d/Linear models); False forces the
-#: generic path (tests compare the two).
-FAST_FINITE_DIFFERENCE = True
 
 METHODS: tuple[str, ...] = ("double_backprop", "finite_difference")
 TARGETS: tuple[str, ...] = ("loss", "logit", "binarized")
@@ -158,27 +152,6 @@ def penalty_terms(
         b = float(batch_size if batch_size is not None else n)
         scale = 1.0 / b if math.isinf(p) else b ** (-p)  # ‖g/B‖_p^p = ‖g‖_p^p / B^p
     randomness = SameRandomness(x.device) if method == "finite_difference" else None
-    if (
-        method == "finite_difference"
-        and FAST_FINITE_DIFFERENCE
-        and target == "loss"
-        and _fd_fast.eligible(model)
-    ):
-        fast = _fd_fast.finite_difference_fast(
-            model,
-            step_model if step_model is not None else model,
-            x,
-            y,
-            lambda grad: _dual_direction(grad, p)[0],
-            h,
-            lambda out, labels: F.cross_entropy(out, labels, reduction="none"),
-            before_step=randomness.replay if randomness is not None else None,
-        )
-        if fast is not None:
-            directional, ce_fast, grad_norm, correct = fast
-            pen = directional.abs().pow(p) * scale if p != 2 else directional.pow(2) * scale
-            return PenaltyTerms(pen, ce_fast, grad_norm, correct)
-    # otherwise (or if the fast path found shared weights / in-place ops): the generic path
 
     x_req = x.detach().requires_grad_(True)
     logits = model(x_req)
@@ -247,10 +220,6 @@ def gradient_norm_penalty(
     Dropout masks (otherwise the difference measures the change of mask). The
     error is O(h) times the curvature of ``s`` along ``d``; for piecewise-linear (ReLU) models
     it is exact while ``x + h d`` stays in the same linear region. Not defined for p = ∞.
-    With ``target="loss"`` on models made of per-example Conv2d/Linear layers (SmallNet, the
-    ReLU nets) the backward takes the first forward's parameter gradients from the output
-    gradients caught during the direction's backward (:mod:`salign.training._fd_fast`): the
-    same gradient, 10–20 % cheaper per step (docs/benchmarks/training.md).
 
     Args:
         model: a classifier returning logits (N, K). Used in its current mode: in train mode
