@@ -5,8 +5,9 @@ with plain cross-entropy (λ = 0) and one with the double-backprop input-gradien
 test images from index ``--first`` (default 200–399: the defaults were chosen on images 0–199,
 the previous benchmark set, and on 1000–1099) it runs, side by side in one process:
 
-* ours: ``robustness`` (standard and fast budgets), DDN / FMN / ALMA alone at ``--steps``,
-  DeepFool, C&W;
+* ours: ``robustness`` (standard and fast budgets), DDN / FMN / ALMA alone at ``--steps`` as the
+  ensemble runs them (tuned options, line search and polish: :func:`tuned`), DeepFool, C&W, and
+  DDN / FMN with the papers' defaults (``ours ddn 1000 paper``);
 * foolbox 3.3.4: DDN, FMN, C&W (binary search) at the same total steps, DeepFool;
 
 every model call going through the same counting wrapper (forwards / backwards per sample).
@@ -36,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 import salign
-from salign.attacks import CountingModel, alma, ddn, deepfool, fmn, robustness
+from salign.attacks import DDN, FMN, CountingModel, robustness, tuned_attack
 from salign.models import build, load, save
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -111,6 +112,36 @@ def cache_path(name: str, n: int, steps: int, first: int) -> Path:
     return CACHE / f"attacks_{name}_n{n}_s{steps}{f'_from{first}' if first else ''}.json"
 
 
+#: The refinements robustness() adds to every attack (the public attacks run without them).
+REFINED = {"line_search_steps": 20, "polish_steps": 2}
+
+
+def tuned(name: str) -> Any:
+    """Attack ``name`` as the ensemble runs it: its tuned options (salign.attacks.TUNED), a line
+    search and 2 polish rounds; called as ``fn(model, x, labels, steps=..., **settings)``."""
+
+    def run(
+        model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor, *, steps: int = 1000, **kw: Any
+    ) -> Any:
+        return tuned_attack(name, steps)(model, x, labels, **{**REFINED, **kw})
+
+    return run
+
+
+ddn, fmn, alma, deepfool = tuned("ddn"), tuned("fmn"), tuned("alma"), tuned("deepfool")
+
+
+def paper(attack: type) -> Any:
+    """Attack class ``attack`` with the paper's defaults, no refinement."""
+
+    def run(
+        model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor, *, steps: int = 1000, **kw: Any
+    ) -> Any:
+        return attack(steps=steps)(model, x, labels, **kw)
+
+    return run
+
+
 def ours(fn: Any, model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor, **kw: Any) -> dict[str, Any]:
     start = time.perf_counter()
     with warnings.catch_warnings():
@@ -148,11 +179,13 @@ def bench_model(
         ours(robustness, model, x, labels, budget="standard", steps=steps, quiet=True),
     )
     add("ours robustness fast", ours(robustness, model, x, labels, budget="fast", quiet=True))
-    add("ours deepfool", ours(deepfool, model, x, labels))
+    add("ours deepfool", ours(deepfool, model, x, labels, steps=50))
     # alone, every attack runs all its steps (equal steps with foolbox); early exit (patience)
     # trades quality for time on long schedules: the "early exit" rows show by how much
     add(f"ours ddn {steps}", ours(ddn, model, x, labels, steps=steps))
     add(f"fb ddn {steps}", run_foolbox(fb.attacks.DDNAttack(steps=steps), model, x, labels))
+    add(f"ours ddn {steps} paper", ours(paper(DDN), model, x, labels, steps=steps))
+    add(f"ours fmn {steps} paper", ours(paper(FMN), model, x, labels, steps=steps))
     add(f"ours fmn {steps}", ours(fmn, model, x, labels, steps=steps))
     add(f"fb fmn {steps}", run_foolbox(fb.attacks.L2FMNAttack(steps=steps), model, x, labels))
     add(f"ours alma {steps}", ours(alma, model, x, labels, steps=steps))
@@ -361,7 +394,9 @@ def main() -> None:
         f"for every attack. Steps = {args.steps}; foolbox C&W runs 5 binary-search steps × {args.steps // 5} "
         "steps (initial c = 0.1).",
         "",
-        "Our attacks here: `ddn`/`fmn`/`alma` alone run all their steps (equal steps with foolbox); "
+        "Our attacks here: `ddn`/`fmn`/`alma` alone run as the ensemble runs them (salign.attacks.TUNED "
+        "options, line search, polish) and all their steps (equal steps with foolbox); the `paper` rows run "
+        "`DDN()` / `FMN()` with the papers' defaults and no refinement; "
         "the `early exit` rows use patience = max(50, steps/10) (0.1% relative improvement; a stalled "
         "sample first jumps to the last `patience` steps of its step-size schedule, restarting from "
         "its best point, and stops if it stalls there). Every attack ends with a line search onto the boundary and "

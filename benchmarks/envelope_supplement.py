@@ -24,6 +24,7 @@ within 1% of the envelope, their time to it is only bounded below by their longe
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -35,50 +36,61 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import salign
-from bench_attacks import cache_path, get_model, ours, run_foolbox, table, verified_distance
-from salign.attacks import alma, ddn, ensemble, fmn, robustness
+from bench_attacks import (
+    REFINED,
+    alma,
+    cache_path,
+    get_model,
+    ours,
+    run_foolbox,
+    table,
+    verified_distance,
+)
+from salign.attacks import PlannedRun, default_plan, robustness, tuned_attack
 
 
 def previous_ensemble(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor, **kw: object) -> object:
     """`robustness` as it was before DDN's margin tail and FMN's step 10: DDN on cross-entropy,
     FMN with step 1, ALMA warm-started, no cold FMN copy (the runs of the previous envelope)."""
-    saved = (dict(ensemble.ATTACKS), dict(ensemble.BUDGETS), ensemble._options)
-    inner = ensemble._options
-
-    def options(name: str, steps: int) -> dict[str, object]:
-        extra = {"ddn": {"loss": "ce"}, "fmn": {"alpha_init": 1.0}}.get(name, {})
-        return {**inner(name, steps), **extra}
-
-    try:
-        ensemble.ATTACKS["alma"] = (ensemble.ATTACKS["alma"][0], True)
-        ensemble.BUDGETS.update({b: (s, ()) for b, (s, _) in saved[1].items()})
-        ensemble._options = options
-        return robustness(model, x, labels, quiet=True, **kw)
-    finally:
-        ensemble.ATTACKS.clear()
-        ensemble.ATTACKS.update(saved[0])
-        ensemble.BUDGETS.clear()
-        ensemble.BUDGETS.update(saved[1])
-        ensemble._options = saved[2]
+    budget = str(kw.pop("budget"))
+    steps = {"fast": 100, "standard": 1000}[budget]
+    extra = {"ddn": {"loss": "ce"}, "fmn": {"alpha_init": 1.0}}
+    runs = [
+        dataclasses.replace(r, attack=tuned_attack(r.label, steps, **extra.get(r.label, {})))
+        for r in default_plan(["deepfool", "ddn", "fmn", "alma"], "fast", steps, "auto")
+    ]
+    return robustness(model, x, labels, quiet=True, plan=runs, **kw)  # type: ignore[arg-type]
 
 
 def cold_fmn_ensemble(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor, **kw: object) -> object:
     """`robustness` as it was before the restart chain: ``standard`` added a cold 1000-step FMN."""
-    saved = dict(ensemble.BUDGETS)
-    try:
-        ensemble.BUDGETS["standard"] = (1000, (("fmn_cold", "fmn", {}, None),))
-        return robustness(model, x, labels, quiet=True, **kw)
-    finally:
-        ensemble.BUDGETS.clear()
-        ensemble.BUDGETS.update(saved)
+    kw.pop("budget")
+    main = default_plan(["deepfool", "ddn", "fmn", "alma"], "fast", 1000, "auto")
+    cold = PlannedRun("fmn_cold", tuned_attack("fmn", 1000), polish="best", patience=100)
+    runs = [*main[:-1], dataclasses.replace(main[-1], polish="none"), cold]
+    return robustness(model, x, labels, quiet=True, plan=runs, **kw)  # type: ignore[arg-type]
+
+
+def tuned_ddn(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor, **kw: object) -> object:
+    """The ensemble's DDN with some options changed (e.g. ``loss``), refined as in the ensemble."""
+    steps = int(kw.pop("steps"))  # type: ignore[call-overload]
+    options = {k: kw.pop(k) for k in list(kw) if k in ("loss", "gamma")}
+    return tuned_attack("ddn", steps, **options)(model, x, labels, **{**REFINED, **kw})  # type: ignore[arg-type]
+
+
+def tuned_fmn(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor, **kw: object) -> object:
+    """The ensemble's FMN with some options changed (e.g. ``alpha_init``), refined as in the ensemble."""
+    steps = int(kw.pop("steps"))  # type: ignore[call-overload]
+    options = {k: kw.pop(k) for k in list(kw) if k in ("alpha_init",)}
+    return tuned_attack("fmn", steps, **options)(model, x, labels, **{**REFINED, **kw})  # type: ignore[arg-type]
 
 
 EXTRA = {
-    "ours ddn 1000 loss=ce": (ddn, {"loss": "ce", "steps": 1000}),
-    "ours ddn 1000 loss=margin": (ddn, {"loss": "margin", "steps": 1000}),
-    "ours fmn 1000 alpha_init=1": (fmn, {"alpha_init": 1.0, "steps": 1000}),
+    "ours ddn 1000 loss=ce": (tuned_ddn, {"loss": "ce", "steps": 1000}),
+    "ours ddn 1000 loss=margin": (tuned_ddn, {"loss": "margin", "steps": 1000}),
+    "ours fmn 1000 alpha_init=1": (tuned_fmn, {"alpha_init": 1.0, "steps": 1000}),
     **{
-        f"ours ddn {s} loss=ce": (ddn, {"loss": "ce", "steps": s, "patience": max(10, s // 5)})
+        f"ours ddn {s} loss=ce": (tuned_ddn, {"loss": "ce", "steps": s, "patience": max(10, s // 5)})
         for s in (30, 50, 100, 300)
     },
     "previous robustness fast": (previous_ensemble, {"budget": "fast"}),

@@ -35,13 +35,17 @@ def _quiet(fn, *args, **kwargs):
 # --- exactness on geometry with a closed form --------------------------------------------------
 
 
+#: The refinements robustness() turns on (the public attacks run the papers' algorithms without).
+REFINED = {"line_search_steps": 20, "polish_steps": 2}
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("name", list(ATTACK_FNS))
 def test_each_attack_finds_linear_rho_within_half_percent(name: str, dtype: torch.dtype) -> None:
     model, x, rho = linear_problem(dtype=dtype)
     steps = {"deepfool": 50, "carlini_wagner": 200}.get(name, 1000)  # standard budget
     kwargs = {"binary_search_steps": 5} if name == "carlini_wagner" else {}
-    res = ATTACK_FNS[name](model, x, steps=steps, **kwargs)
+    res = ATTACK_FNS[name](model, x, steps=steps, **kwargs, **REFINED)
     assert isinstance(res, AttackResult)
     assert bool(res.success.all())
     rel = res.distance.double() / rho.double() - 1
@@ -51,6 +55,39 @@ def test_each_attack_finds_linear_rho_within_half_percent(name: str, dtype: torc
     # distance is the true distance of the returned point, which is adversarial
     torch.testing.assert_close(res.distance, (res.adv - x).flatten(1).norm(dim=1))
     assert bool((model(res.adv).argmax(1) != model(x).argmax(1)).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("name", list(ATTACK_FNS))
+def test_paper_defaults_run_the_papers_algorithms_on_a_linear_model(name: str, dtype: torch.dtype) -> None:
+    """Without our refinements: DeepFool lands at (1 + overshoot)·(ρ + 1e-4/‖w‖) (its overshoot
+    of 0.02 and the authors' 1e-4 crossing term, the linearisation being exact); the iterative attacks return their best iterate, a
+    verified point never inside ρ and, in the median, within 2% of it."""
+    model, x, rho = linear_problem(dtype=dtype)
+    kwargs = {"steps": 200, "binary_search_steps": 5} if name == "carlini_wagner" else {}
+    res = _quiet(ATTACK_FNS[name], model, x, **kwargs)
+    assert bool(res.success.all())
+    rel = res.distance.double() / rho.double()
+    if name == "deepfool":
+        assert float(rel.min()) > 1.02 * (1 - 1e-6) and float(rel.max()) < 1.02 * 1.001
+    else:
+        assert float(rel.min()) > 1 - 1e-4
+        assert float(rel.median()) < 1.02
+
+
+def test_options_are_checked_and_named() -> None:
+    model, x, _ = linear_problem(n=2)
+    with pytest.raises(InputError, match=r"unknown option\(s\) \['gama'\]"):
+        ddn(model, x, gama=0.1)
+    with pytest.raises(InputError, match="loss must be one of"):
+        salign.attacks.DDN(loss="hinge")
+    with pytest.raises(InputError, match="does not take a warm start"):
+        deepfool(model, x, start=x)
+    with pytest.raises(InputError, match="polish_steps"):
+        fmn(model, x, steps=2, polish_steps=-1)
+    # the dataclass and the function are one attack
+    a, b = salign.attacks.FMN(steps=20)(model, x), fmn(model, x, steps=20)
+    torch.testing.assert_close(a.distance, b.distance)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -104,7 +141,7 @@ def test_outside_box_only_model_is_not_fooled() -> None:
 def test_quantised_points_are_verified_after_quantisation() -> None:
     model, x, rho = linear_problem(n=5, seed=2)
     x = (x * 255).round() / 255  # 8-bit inputs
-    rho = salign.attacks.deepfool(model, x).distance  # ρ of the quantised inputs (DeepFool is exact here)
+    rho = deepfool(model, x, **REFINED).distance  # ρ of the quantised inputs (exact here)
     res = _quiet(robustness, model, x, levels=256, steps=100, quiet=True)
     grid = res.adv * 255
     torch.testing.assert_close(grid, grid.round())
@@ -135,8 +172,9 @@ def test_counts_are_exact_forward_and_backward_passes() -> None:
     # polish: 1 forward to rank classes, 1 forward + 5 backwards (all 5 classes), 7 line search
     assert res.backwards == n * (30 + 5)
     assert res.forwards == n * (1 + 30 + 7 + 1 + 1 + 7 + 2)
-    res = deepfool(model, x, candidates=3, polish_steps=0)
-    # one step is exact for a linear model: 2 forwards (start, adversarial), 3 backwards
+    res = deepfool(model, x, candidates=2, line_search_steps=20)
+    # one step is exact for a linear model: 2 forwards (start, adversarial), 3 backwards (the
+    # label and 2 rival classes)
     assert res.backwards == n * 3
     assert res.forwards == n * (1 + 2 + 20 + 2)  # + line search and verification
 
@@ -164,40 +202,41 @@ def test_chunking_gives_the_same_result() -> None:
 
 def test_early_exit_saves_passes_without_losing_quality() -> None:
     model, x, rho = linear_problem(n=6, seed=5)
-    full = ddn(model, x, steps=400)
-    early = ddn(model, x, steps=400, patience=20)
+    tuned = {"loss": "ce_then_margin", **REFINED}  # as robustness() runs it
+    full = ddn(model, x, steps=400, **tuned)
+    early = ddn(model, x, steps=400, patience=20, **tuned)
     assert early.backwards < full.backwards / 2
     assert float((early.distance / rho).max()) < 1.005
 
 
-def test_tracker_fast_forwards_early_stallers_then_stops_them() -> None:
-    from salign.attacks._core import Tracker
+def test_early_exit_fast_forwards_early_stallers_then_stops_them() -> None:
+    from salign.attacks._tracker import EarlyExit
 
-    x = torch.zeros(3, 4)
-    tracker = Tracker(x, torch.zeros(3, dtype=torch.long), patience=10)
-    tracker.set_schedule(100)
-    tracker.best_dist = torch.tensor([1.0, 1.0, float("inf")])  # sample 2: nothing found yet
+    early = EarlyExit(3, torch.device("cpu"), patience=10)
+    early.set_schedule(100)
+    best = torch.tensor([1.0, 1.0, float("inf")])  # sample 2: nothing found yet
+    active = torch.ones(3, dtype=torch.bool)
     for step in range(10):  # first window: everything found counts as progress (from +inf)
-        assert tracker.end_step(step) is None
+        assert early.after_step(step, best, active) is None
     for step in range(10, 19):
-        assert tracker.end_step(step) is None
-    tracker.best_dist[1] = 0.5  # sample 1 improves within the second window
-    jumped = tracker.end_step(19)  # sample 0 stalled at step 20 of 100: skip to the last 10 steps
+        assert early.after_step(step, best, active) is None
+    best[1] = 0.5  # sample 1 improves within the second window
+    jumped = early.after_step(19, best, active)  # sample 0 stalled at step 20 of 100: skip to the last 10
     assert jumped is not None and jumped.tolist() == [0]
-    assert tracker.active.tolist() == [True, True, True]
-    assert float(tracker.schedule_step(torch.tensor([0]), 20)) == 90.0
-    assert float(tracker.schedule_step(torch.tensor([1]), 20)) == 20.0
+    assert active.tolist() == [True, True, True]
+    assert float(early.position(torch.tensor([0]), 20, torch.float32)) == 90.0
+    assert float(early.position(torch.tensor([1]), 20, torch.float32)) == 20.0
     for step in range(20, 29):
-        tracker.end_step(step)
-    tracker.end_step(29)  # sample 0 stalls again in its tail: stops; sample 1 stalled: skips
-    assert tracker.active.tolist() == [False, True, True]
-    assert tracker.fast_forwarded.tolist() == [True, True, False]
+        early.after_step(step, best, active)
+    early.after_step(29, best, active)  # sample 0 stalls again in its tail: stops; sample 1 stalled: skips
+    assert active.tolist() == [False, True, True]
+    assert early.fast_forwarded.tolist() == [True, True, False]
     for step in range(30, 39):  # sample 1's schedule (offset 60) ends after step 39
-        tracker.end_step(step)
-        assert bool(tracker.active[1])
-    tracker.best_dist[1] = 0.1  # still improving, but its schedule is over
-    tracker.end_step(39)
-    assert tracker.active.tolist() == [False, False, True]
+        early.after_step(step, best, active)
+        assert bool(active[1])
+    best[1] = 0.1  # still improving, but its schedule is over
+    early.after_step(39, best, active)
+    assert active.tolist() == [False, False, True]
 
 
 def test_early_exit_does_not_make_a_longer_schedule_worse() -> None:
@@ -205,8 +244,9 @@ def test_early_exit_does_not_make_a_longer_schedule_worse() -> None:
     exit, 400 steps must not end worse than 100 steps (the run before this fix stopped such
     samples early, and 1000-step DDN ended behind 100-step DDN on MNIST)."""
     model, x, rho = linear_problem(n=8, seed=7)
-    short = ddn(model, x, steps=100)
-    long = ddn(model, x, steps=400, patience=20)
+    tuned = {"loss": "ce_then_margin", **REFINED}  # as robustness() runs it
+    short = ddn(model, x, steps=100, **tuned)
+    long = ddn(model, x, steps=400, patience=20, **tuned)
     assert float(long.distance.median()) <= float(short.distance.median()) * (1 + 1e-4)
     assert float((long.distance / rho).max()) < 1.005
 
@@ -332,17 +372,17 @@ def test_budgets_add_their_extra_runs_only_for_requested_attacks() -> None:
 def test_a_restart_chain_warm_starts_from_its_own_best_point(monkeypatch: pytest.MonkeyPatch) -> None:
     """The short chain's FMN starts from the best of DeepFool and the short DDN, not from the
     main chain's (better) best point: the chain is an independent restart."""
-    from salign.attacks import ensemble
+    from salign.attacks import FMN
 
     model, x, _ = linear_problem(n=4, seed=11, dtype=torch.float64)
     starts: list[torch.Tensor | None] = []
-    impl, warm = ensemble.ATTACKS["fmn"]
+    iterate = FMN.iterate
 
-    def spy(*args: object, **kw: object) -> None:
-        starts.append(kw.get("start"))  # type: ignore[arg-type]
-        impl(*args, **kw)
+    def spy(self: FMN, model: nn.Module, tracker: object, start: torch.Tensor | None) -> None:
+        starts.append(start)
+        iterate(self, model, tracker, start)  # type: ignore[arg-type]
 
-    monkeypatch.setitem(ensemble.ATTACKS, "fmn", (spy, warm))
+    monkeypatch.setattr(FMN, "iterate", spy)
     res = robustness(model, x, attacks=("deepfool", "ddn", "fmn"), steps=100, polish_steps=0, quiet=True)
     assert len(starts) == 2 and starts[0] is not None and starts[1] is not None
     df, ddn_short = res.per_attack["deepfool"], res.per_attack["ddn_short"]
@@ -368,9 +408,11 @@ def test_fmn_reaches_a_boundary_behind_the_box() -> None:
     model.weight.data = torch.stack([torch.zeros(10, dtype=torch.float64), w])
     model.bias.data = torch.tensor([0.08, 0.0], dtype=torch.float64)
     x = torch.tensor([[0.0] * 9 + [0.5]], dtype=torch.float64)
-    res = fmn(model, x, steps=300)
+    res = fmn(model, x, steps=300, guarded_search=True, **REFINED)
     assert bool(res.success.all())
     assert float(res.distance[0]) == pytest.approx(0.3, rel=1e-3)
+    # the paper's ε search stalls here: the clamp holds ‖δ‖ below ε (why guarded_search exists)
+    assert not bool(_quiet(fmn, model, x, steps=300).success.any())
 
 
 class _HalfPlane(nn.Module):
@@ -388,7 +430,7 @@ class _HalfPlane(nn.Module):
 def test_verify_pushes_a_point_left_just_short_of_the_boundary_instead_of_dropping_it() -> None:
     """A found point that fails the final forward (e.g. a float32 forward of another batch shape
     puts it back on the clean side) is pushed out a little, not reported as 'nothing found'."""
-    from salign.attacks._core import verify
+    from salign.attacks._refine import verify
 
     torch.manual_seed(0)
     w = torch.randn(8, dtype=torch.float64)
@@ -414,15 +456,15 @@ def test_verify_pushes_a_point_left_just_short_of_the_boundary_instead_of_droppi
 def test_ddn_margin_tail_removes_the_cross_entropy_bias() -> None:
     """Near the boundary between classes 0 and 1, a third class that never wins still holds
     softmax mass, so the cross-entropy gradient is not the boundary's normal and DDN settles on a
-    point farther than the nearest one; the margin tail (the default) settles on the normal."""
+    point farther than the nearest one; the margin tail (robustness' DDN) settles on the normal."""
     model = nn.Linear(2, 3).double()
     model.weight.data = torch.tensor([[0.0, 0.0], [4.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
     model.bias.data = torch.tensor([1.0, -2.0, 0.0], dtype=torch.float64)  # Ψ1 = Ψ0 at x1 = 0.75
     x = torch.tensor([[0.5, 0.5]], dtype=torch.float64)
     rho = 0.25  # class 2 needs x2 = 1: farther, and not inside the box
-    kw = {"steps": 300, "polish_steps": 0}
+    kw = {"steps": 300, "line_search_steps": 20}
     biased = ddn(model, x, loss="ce", **kw)
-    default = ddn(model, x, **kw)
+    default = ddn(model, x, loss="ce_then_margin", **kw)
     assert int(default.adv_class) == 1
     assert float(default.distance) == pytest.approx(rho, rel=1e-3)
     assert float(biased.distance) > rho * 1.003

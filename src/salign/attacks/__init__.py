@@ -1,31 +1,54 @@
 """Minimal-norm L2 attacks and the verified ensemble that estimates ρ(x).
 
-One pure, batched function per attack (each returns an :class:`AttackResult` whose success is
-verified by re-forwarding the adversarial points), and :func:`robustness`, the per-sample
-minimum over an ensemble with warm starts, early exit, cost accounting and sanity flags.
+Each attack is a frozen dataclass of its options with the paper's defaults (:class:`DDN`,
+:class:`FMN`, :class:`ALMA`, :class:`DeepFool`, :class:`CarliniWagner`), callable on a batch,
+and a function of the same name (``ddn(model, x, labels, **options)``). Every call returns a
+new :class:`AttackResult` whose success is verified by re-forwarding the adversarial points.
+:func:`robustness` runs a plan of tuned attacks (:func:`default_plan`) and keeps the per-sample minimum,
+with warm starts, early exit, cost accounting and sanity flags.
 """
 
 from __future__ import annotations
 
-from salign.attacks._core import CountingModel
-from salign.attacks.alma import alma
-from salign.attacks.carlini_wagner import carlini_wagner
-from salign.attacks.ddn import ddn
-from salign.attacks.deepfool import deepfool
-from salign.attacks.ensemble import ATTACKS, BUDGETS, robustness
-from salign.attacks.fmn import fmn
+from salign.attacks._engine import Attack, Refinement
+from salign.attacks._model import CountingModel
+from salign.attacks.alma import ALMA, alma
+from salign.attacks.carlini_wagner import CarliniWagner, carlini_wagner
+from salign.attacks.ddn import DDN, ddn
+from salign.attacks.deepfool import DeepFool, deepfool
+from salign.attacks.ensemble import (
+    ATTACKS,
+    BUDGETS,
+    TUNED,
+    PlannedRun,
+    default_plan,
+    robustness,
+    tuned_attack,
+)
+from salign.attacks.fmn import FMN, fmn
 from salign.attacks.result import FLAG_NAMES, AttackResult
 
 __all__ = [
+    "ALMA",
     "ATTACKS",
     "BUDGETS",
+    "DDN",
     "FLAG_NAMES",
+    "FMN",
+    "TUNED",
+    "Attack",
     "AttackResult",
+    "CarliniWagner",
     "CountingModel",
+    "DeepFool",
+    "PlannedRun",
+    "Refinement",
     "alma",
     "carlini_wagner",
     "ddn",
     "deepfool",
+    "default_plan",
     "fmn",
     "robustness",
+    "tuned_attack",
 ]
