@@ -22,9 +22,22 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 import salign
-from bench_attacks import get_model
+
+CACHE = Path(__file__).resolve().parent / ".cache"
+
+
+def get_model(lam: float) -> torch.nn.Module:
+    """bench_attacks.py's SmallNet (1 epoch, seed 0), from its cache or trained by it. Read
+    straight from the cache when it is there, so that older code (without bench_attacks.py's
+    current imports) can run this script too."""
+    path = CACHE / f"smallnet_lam{lam:g}_ep1.safetensors"
+    if path.exists():
+        return salign.models.load(path).eval()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_attacks import get_model as train_or_load
+
+    return train_or_load(lam, 1)
 
 
 def run(models: list[str], first: int, n: int, steps: int, budget: str) -> dict[str, object]:
@@ -32,7 +45,7 @@ def run(models: list[str], first: int, n: int, steps: int, budget: str) -> dict[
     x = x_all[first : first + n]
     out: dict[str, object] = {"salign": salign.__file__, "first": first, "n": n, "steps": steps}
     for name in models:
-        model = get_model({"plain": 0.0, "gradreg": 1.0}[name], 1)
+        model = get_model({"plain": 0.0, "gradreg": 1.0}[name])
         with torch.no_grad():
             labels = model(x).argmax(1)
         start = time.perf_counter()
