@@ -1,4 +1,5 @@
-"""Minimal-norm L2 attacks and the verified ensemble that estimates ρ(x).
+"""Minimal-norm attacks (L2; DeepFool and FMN also L∞ and L1) and the verified ensemble that
+estimates ρ(x).
 
 Each attack is a frozen dataclass of its options with the paper's defaults (:class:`DDN`,
 :class:`FMN`, :class:`ALMA`, :class:`DeepFool`, :class:`CarliniWagner`), callable on a batch,
@@ -19,6 +20,7 @@ from salign.attacks.deepfool import DeepFool, deepfool
 from salign.attacks.ensemble import (
     ATTACKS,
     BUDGETS,
+    DEFAULT_ATTACKS,
     TUNED,
     PlannedRun,
     default_plan,
@@ -33,6 +35,7 @@ __all__ = [
     "ATTACKS",
     "BUDGETS",
     "DDN",
+    "DEFAULT_ATTACKS",
     "FLAG_NAMES",
     "FMN",
     "TUNED",

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from salign._validation import eval_mode
 from salign.attacks._model import Chunk, CountingModel, chunks, clean_forward, frozen_parameters, prepare
-from salign.attacks._ops import check_positive
+from salign.attacks._ops import check_positive, parse_norm
 from salign.attacks._refine import refine, verify
 from salign.attacks._tracker import Tracker
 from salign.attacks.result import FLAG_NAMES, AttackResult, concat_results
@@ -85,6 +85,13 @@ class Attack:
     name: ClassVar[str]
     #: whether :meth:`iterate` accepts a warm start
     accepts_start: ClassVar[bool] = True
+    #: the Lp norms the attack minimises (its ``norm`` option, if it has one)
+    norms: ClassVar[tuple[float, ...]] = (2.0,)
+
+    @property
+    def distance_norm(self) -> float:
+        """The norm this attack minimises and its result's distances are measured in."""
+        return float(getattr(self, "norm", 2.0))
 
     def iterate(self, model: nn.Module, tracker: Tracker, start: Tensor | None) -> None:
         """Run the attack's iterations on the active samples of ``tracker``, reporting every
@@ -96,6 +103,11 @@ class Attack:
         """``cls(**options)(model, x, labels, **settings)``, splitting ``kwargs`` into the
         attack's options (its fields) and the run settings of :meth:`__call__`."""
         names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        if "norm" in kwargs and "norm" not in names and parse_norm(kwargs.pop("norm")) != 2:
+            raise InputError(
+                f"{cls.name} minimises the L2 norm only; for L1 or L∞ use fmn or deepfool, or "
+                "robustness(..., norm=...)"
+            )
         settings = {"start", "line_search_steps", "polish_steps", "levels", "patience", "batch_size", "warn"}
         unknown = sorted(set(kwargs) - names - settings)
         if unknown:
@@ -186,14 +198,14 @@ def attack_chunk(
     """
     clock, forwards, backwards = time.perf_counter(), model.forwards, model.backwards
     x, labels, attacked = chunk.x, chunk.labels, chunk.attacked
-    tracker = Tracker(x, labels, attacked, patience=patience)
+    tracker = Tracker(x, labels, attacked, patience=patience, norm=attack.distance_norm)
     if start is not None and start.distance is not None:
         tracker.seed(start.adv, start.distance)
     attack.iterate(model, tracker, None if start is None else start.adv)
     if polish_from is not None and polish_from.distance is not None:
         tracker.absorb(polish_from.adv, polish_from.distance)
     refine(model, tracker, refinement.line_search_steps, refinement.levels, refinement.polish_steps)
-    verified = verify(model, x, tracker.best_adv, labels, chunk.clean_class, refinement.levels)
+    verified = verify(model, x, tracker.best_adv, labels, chunk.clean_class, refinement.levels, tracker.norm)
     verified["distance"][~attacked] = 0
     verified["success"][~attacked] = True
     per_sample = {
@@ -212,6 +224,7 @@ def attack_chunk(
         backwards=model.backwards - backwards,
         seconds=time.perf_counter() - clock,
         flags=count_flags(per_sample),
+        norm=tracker.norm,
     )
     return result, per_sample
 

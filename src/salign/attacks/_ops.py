@@ -1,7 +1,9 @@
-"""Small tensor operations shared by the attacks: per-sample norms, broadcasting, the logit
-margin, quantisation and the adversarial test."""
+"""Small tensor operations shared by the attacks: per-sample norms and their duals, projections
+onto Lp balls, broadcasting, the logit margin, quantisation and the adversarial test."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -17,6 +19,71 @@ def batch_view(t: Tensor, like: Tensor) -> Tensor:
 def l2_norm(t: Tensor) -> Tensor:
     """Per-sample L2 norm of a batch."""
     return t.flatten(1).norm(p=2, dim=1)
+
+
+#: The norms the attacks know (1 / p + 1 / q = 1 pairs them with their duals: 1 ↔ ∞, 2 ↔ 2).
+NORMS: tuple[float, ...] = (1.0, 2.0, math.inf)
+
+
+def parse_norm(norm: object, name: str = "norm") -> float:
+    """``norm`` as a float among :data:`NORMS`: 1, 2 or inf (numbers, or the strings "1", "2",
+    "inf", "linf", "l1", "l2"); anything else is an InputError naming it."""
+    aliases = {"1": 1.0, "l1": 1.0, "2": 2.0, "l2": 2.0, "inf": math.inf, "linf": math.inf}
+    if isinstance(norm, str) and norm.strip().lower() in aliases:
+        return aliases[norm.strip().lower()]
+    if not isinstance(norm, bool) and isinstance(norm, (int, float)) and float(norm) in NORMS:
+        return float(norm)
+    raise InputError(f"{name} must be 1, 2 or inf (float('inf') or 'inf'), got {norm!r}")
+
+
+def dual_exponent(p: float) -> float:
+    """q with 1/p + 1/q = 1 (∞ for p = 1, 1 for p = ∞)."""
+    if p == 1:
+        return math.inf
+    if math.isinf(p):
+        return 1.0
+    return p / (p - 1)
+
+
+def lp_norm(t: Tensor, p: float) -> Tensor:
+    """Per-sample Lp norm of a batch (``l2_norm`` for p = 2)."""
+    return l2_norm(t) if p == 2 else t.flatten(1).norm(p=p, dim=1)
+
+
+def minimal_step(w: Tensor, p: float) -> Tensor:
+    """Per row of ``w`` (n, d): the s of smallest Lp norm with ⟨w, s⟩ = 1, so that moving by
+    ``c · s`` changes ⟨w, ·⟩ by c at the Lp cost |c| / ‖w‖_q (Hölder's equality case):
+    ``w / ‖w‖₂²`` for p = 2, ``sign(w) / ‖w‖₁`` for p = ∞, and ``sign(w_k) e_k / |w_k|`` at
+    ``k = argmax |w|`` for p = 1. Rows with w = 0 give 0."""
+    if p == 2:
+        return w / w.pow(2).sum(1, keepdim=True).clamp_min(1e-30)
+    if math.isinf(p):
+        return w.sign() / w.abs().sum(1, keepdim=True).clamp_min(1e-30)
+    k = w.abs().argmax(1, keepdim=True)
+    top = w.gather(1, k)
+    return torch.zeros_like(w).scatter(1, k, torch.where(top != 0, 1 / top, torch.zeros_like(top)))
+
+
+def project_on_ball(delta: Tensor, radius: Tensor, p: float) -> Tensor:
+    """The Euclidean projection of each δ (n, ...) onto the Lp ball of its ``radius`` (n,):
+    rescaling for p = 2, clamping for p = ∞, soft thresholding at the level found by sorting
+    for p = 1 (Duchi et al., ICML 2008)."""
+    if p == 2:
+        return delta * batch_view((radius / l2_norm(delta).clamp_min(1e-12)).clamp(max=1), delta)
+    if math.isinf(p):
+        r = batch_view(radius, delta)
+        return torch.maximum(torch.minimum(delta, r), -r)
+    flat = delta.flatten(1)
+    a = flat.abs()
+    inside = a.sum(1) <= radius
+    u = a.sort(1, descending=True).values
+    cumulative = u.cumsum(1)
+    ranks = torch.arange(1, u.shape[1] + 1, device=u.device, dtype=u.dtype)
+    valid = u * ranks > cumulative - radius[:, None]
+    count = valid.sum(1, keepdim=True).clamp(min=1)
+    theta = ((cumulative.gather(1, count - 1) - radius[:, None]) / count.to(u.dtype)).clamp(min=0)
+    shrunk = flat.sign() * (a - theta).clamp(min=0)
+    return torch.where(inside[:, None], flat, shrunk).view_as(delta)
 
 
 def quantize(x: Tensor, levels: int | None) -> Tensor:

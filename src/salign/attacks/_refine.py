@@ -7,7 +7,15 @@ import torch
 from torch import Tensor, nn
 
 from salign.attacks._model import label_and_rivals, logit_gradients
-from salign.attacks._ops import adversarial, batch_view, l2_norm, quantize
+from salign.attacks._ops import (
+    adversarial,
+    batch_view,
+    dual_exponent,
+    l2_norm,
+    lp_norm,
+    minimal_step,
+    quantize,
+)
 from salign.attacks._tracker import Tracker
 
 #: Relative outward pushes ``x + (adv − x)(1 + push)`` tried, in order, for a found point that
@@ -65,7 +73,7 @@ def refine(
         if idx.numel() == 0:
             return
         x, labels, best = tracker.x[idx], tracker.labels[idx], tracker.best_adv[idx]
-        candidate = best if round_ == 0 else project_on_boundary(model, x, best, labels)
+        candidate = best if round_ == 0 else project_on_boundary(model, x, best, labels, norm=tracker.norm)
         # the best points are known to be adversarial, unless they still have to be quantised
         known = (None if levels is not None else True) if round_ == 0 else False
         points, ok = boundary_search(model, x, candidate, labels, steps, levels, known)
@@ -73,16 +81,23 @@ def refine(
             # the iterates were not quantised: replace every best point by its quantised
             # line-search result (or drop it), so that only quantised points compete
             tracker.best_dist[idx] = float("inf")
-        tracker.update(idx, points, l2_norm(points - x), ok)
+        tracker.update(idx, points, lp_norm(points - x, tracker.norm), ok)
 
 
 def project_on_boundary(
-    model: nn.Module, x: Tensor, boundary: Tensor, labels: Tensor, overshoot: float = 0.02
+    model: nn.Module,
+    x: Tensor,
+    boundary: Tensor,
+    labels: Tensor,
+    overshoot: float = 0.02,
+    *,
+    norm: float = 2.0,
 ) -> Tensor:
     """One DeepFool step from ``x`` using the gradients at the boundary point ``b``: with
-    ``f_k = Ψ_k − Ψ_y`` linearised at ``b``, move x onto the nearest hyperplane
-    ``f_k(b) + ⟨∇f_k(b), p − b⟩ = 0`` among :data:`POLISH_RIVALS` rivals (exact for linear
-    models), with a small overshoot, clamped."""
+    ``f_k = Ψ_k − Ψ_y`` linearised at ``b``, move x onto the hyperplane
+    ``f_k(b) + ⟨∇f_k(b), p − b⟩ = 0`` nearest in the Lp ``norm`` (distance |offset| / ‖w‖_q)
+    among :data:`POLISH_RIVALS` rivals, by its minimal-Lp step (exact for linear models), with a
+    small overshoot, clamped."""
     b = boundary.detach()
     with torch.no_grad():
         logits = model(b)
@@ -94,25 +109,35 @@ def project_on_boundary(
         w = torch.nan_to_num((grads[:, 1:] - grads[:, :1]).flatten(2), nan=0.0, posinf=0.0, neginf=0.0)
         w_sq = w.pow(2).sum(2)
         offset = f + (w * (x - b).flatten(1)[:, None, :]).sum(2)  # linearised f_k at x (< 0 there)
-        dist = offset.abs() / w_sq.sqrt().clamp_min(1e-30)
+        dual = w_sq.sqrt() if norm == 2 else w.norm(p=dual_exponent(norm), dim=2)
+        dist = offset.abs() / dual.clamp_min(1e-30)
         dist = torch.where(w_sq > 0, dist, torch.full_like(dist, float("inf")))
         best = dist.argmin(1)
         rows = torch.arange(len(x), device=x.device)
         w_best, off_best, sq_best = w[rows, best], offset[rows, best], w_sq[rows, best]
-        coef = torch.where(sq_best > 0, -off_best / sq_best.clamp_min(1e-30), torch.zeros_like(sq_best))
-        target = x + (batch_view(coef * (1 + overshoot), x) * w_best.view_as(x))
-        return target.clamp(0, 1)
+        if norm == 2:
+            coef = torch.where(sq_best > 0, -off_best / sq_best.clamp_min(1e-30), torch.zeros_like(sq_best))
+            step = batch_view(coef * (1 + overshoot), x) * w_best.view_as(x)
+        else:
+            step = (-off_best * (1 + overshoot))[:, None] * minimal_step(w_best, norm)
+        return (x + step.view_as(x)).clamp(0, 1)
 
 
 @torch.no_grad()
 def verify(
-    model: nn.Module, x: Tensor, adv: Tensor, labels: Tensor, clean_class: Tensor, levels: int | None = None
+    model: nn.Module,
+    x: Tensor,
+    adv: Tensor,
+    labels: Tensor,
+    clean_class: Tensor,
+    levels: int | None = None,
+    norm: float = 2.0,
 ) -> dict[str, Tensor]:
     """Clamp (and quantise) ``adv``, forward it twice, and keep it only where both forwards
     confirm a class other than ``labels``. A found point (``adv ≠ x``) that fails is pushed
     outwards from x by the relative amounts of :data:`VERIFY_PUSHES`, in order, and kept at the
-    first push that both forwards confirm. Returns adv, distance, success, adv_class,
-    nondeterministic."""
+    first push that both forwards confirm. Returns adv, distance (in the Lp ``norm``), success,
+    adv_class, nondeterministic."""
     adv = quantize(adv.clamp(0, 1), levels)
     first, second = model(adv), model(adv)
     adv1, _ = adversarial(first, labels)
@@ -138,7 +163,7 @@ def verify(
             adv[good], first[good], success[good] = cand[ok], f1[ok], True
             pred1[good] = f1[ok].argmax(1)
             retry[good] = False
-    dist = l2_norm(adv - x)
+    dist = lp_norm(adv - x, norm)
     dist = torch.where(success, dist, torch.full_like(dist, float("inf")))
     adv = torch.where(batch_view(success, adv), adv, x)
     adv_class = torch.where(success, pred1, clean_class)

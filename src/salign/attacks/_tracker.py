@@ -90,10 +90,14 @@ class Tracker:
         labels: classes to move away from (n,).
         attacked: samples to attack (the others, already misclassified, sit at distance 0).
         patience: early-exit window (see :class:`EarlyExit`; None: run every step).
+        norm: the Lp norm the distances are measured in (1, 2 or inf).
     """
 
-    def __init__(self, x: Tensor, labels: Tensor, attacked: Tensor, *, patience: int | None = None) -> None:
+    def __init__(
+        self, x: Tensor, labels: Tensor, attacked: Tensor, *, patience: int | None = None, norm: float = 2.0
+    ) -> None:
         n = x.shape[0]
+        self.norm = norm
         self.x = x
         self.labels = labels
         self.best_adv = x.clone()

@@ -1,4 +1,4 @@
-"""DeepFool, L2 (Moosavi-Dezfooli, Fawzi & Frossard, CVPR 2016, arXiv 1511.04599)."""
+"""DeepFool, L1 / L2 / L∞ (Moosavi-Dezfooli, Fawzi & Frossard, CVPR 2016, arXiv 1511.04599)."""
 
 from __future__ import annotations
 
@@ -10,47 +10,64 @@ from torch import Tensor, nn
 
 from salign.attacks._engine import Attack
 from salign.attacks._model import label_and_rivals, logit_gradients
-from salign.attacks._ops import adversarial, check_positive, l2_norm
+from salign.attacks._ops import (
+    NORMS,
+    adversarial,
+    check_positive,
+    dual_exponent,
+    lp_norm,
+    minimal_step,
+    parse_norm,
+)
 from salign.attacks._tracker import Tracker
 from salign.attacks.result import AttackResult
 
 
 def _nearest_linearised_step(
-    z: Tensor, grads: Tensor, classes: Tensor, tracker: Tracker, idx: Tensor
+    z: Tensor, grads: Tensor, classes: Tensor, tracker: Tracker, idx: Tensor, norm: float
 ) -> tuple[Tensor, Tensor]:
-    """The step r_i to the nearest linearised boundary among ``classes`` (label first) and the
-    samples where every rival's gradient difference vanished (flagged, no step)."""
+    """The step r_i to the nearest linearised boundary in the Lp ``norm`` among ``classes``
+    (label first) and the samples where every rival's gradient difference vanished (flagged,
+    no step)."""
     zc = z.gather(1, classes)
     f = zc[:, 1:] - zc[:, :1]  # f_k = z_k − z_label < 0 while not adversarial
     w = (grads[:, 1:] - grads[:, :1]).flatten(2)  # w_k = ∇z_k − ∇z_label
-    w_norm = w.norm(dim=2)
-    ratio = f.abs() / w_norm.clamp_min(1e-12)  # linearised distance to each boundary (eq. 8)
+    w_norm = w.norm(dim=2) if norm == 2 else w.norm(p=dual_exponent(norm), dim=2)  # ‖w_k‖_q
+    ratio = f.abs() / w_norm.clamp_min(1e-12)  # linearised distance to each boundary (eq. 8 / 11)
     ratio = torch.where(w_norm > 1e-12, ratio, torch.full_like(ratio, float("inf")))
     best = ratio.argmin(1)
     zero = ~torch.isfinite(ratio.gather(1, best[:, None]).squeeze(1))
     tracker.mark_zero_gradient(idx, zero)
     w_best = w[torch.arange(len(idx)), best]
-    # r_i = (|f_l| + 1e-4) / ‖w_l‖² · w_l (Algorithm 2; the 1e-4 crosses the boundary, as in the
-    # authors' code)
-    step = (f.abs().gather(1, best[:, None]) + 1e-4) / w_norm.gather(1, best[:, None]).clamp_min(1e-12) ** 2
-    r = step * w_best
+    # r_i = (|f_l| + 1e-4) / ‖w_l‖² · w_l (Algorithm 2; for Lp, eq. 11's |w_l|^{q−1} ⊙ sign(w_l) /
+    # ‖w_l‖_q^q); the 1e-4 crosses the boundary, as in the authors' code
+    if norm == 2:
+        step = (f.abs().gather(1, best[:, None]) + 1e-4) / w_norm.gather(1, best[:, None]).clamp_min(
+            1e-12
+        ) ** 2
+        r = step * w_best
+    else:
+        r = (f.abs().gather(1, best[:, None]) + 1e-4) * minimal_step(w_best, norm)
     r[zero] = 0
     return r, zero
 
 
 @dataclass(frozen=True)
 class DeepFool(Attack):
-    """DeepFool L2 attack (Moosavi-Dezfooli et al., CVPR 2016, Algorithm 2).
+    """DeepFool attack in L2, L∞ or L1 (Moosavi-Dezfooli et al., CVPR 2016, Algorithm 2 and §3.3).
 
     Linearises the classifier around the current point and steps to the nearest linearised
     boundary, ``r = |f_l| / ‖w_l‖² · w_l`` with ``l = argmin_k |f_k| / ‖w_k‖`` (eq. 8), where
-    ``f_k = Ψ_k − Ψ_y`` and ``w_k = ∇Ψ_k − ∇Ψ_y``; the accumulated step is applied with a factor
+    ``f_k = Ψ_k − Ψ_y`` and ``w_k = ∇Ψ_k − ∇Ψ_y``; in Lp the distances use the dual norm
+    ``‖w_k‖_q`` and the step is the minimal-Lp one onto that hyperplane (eq. 11: for L∞,
+    ``|f_l| / ‖w_l‖₁ · sign(w_l)``; for L1, one coordinate); the accumulated step is applied with a factor
     ``1 + overshoot`` and clamped to [0, 1]. Exact in one step for (bias-free or not) linear
     models away from the box, cheap (a few steps), but usually 1.2–2× the minimal distance on
     deep networks: use it as an upper bound and as a warm start for the other attacks. The
     defaults are the paper's.
 
     Attributes:
+        norm: the Lp norm: 2 (default), ``float("inf")`` or 1.
         steps: maximum iterations (each: 1 forward + ``1 + candidates`` backwards).
         overshoot: relative overshoot of the accumulated perturbation (0.02 in the paper).
         candidates: number of rival classes linearised per step (the highest other logits;
@@ -59,11 +76,14 @@ class DeepFool(Attack):
 
     name: ClassVar[str] = "deepfool"
     accepts_start: ClassVar[bool] = False
+    norms: ClassVar[tuple[float, ...]] = NORMS
+    norm: float = 2.0
     steps: int = 50
     overshoot: float = 0.02
     candidates: int = 9
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "norm", parse_norm(self.norm))
         check_positive(self.steps, "steps", integer=True)
         check_positive(self.overshoot, "overshoot", allow_zero=True)
         check_positive(self.candidates, "candidates", integer=True)
@@ -77,7 +97,7 @@ class DeepFool(Attack):
             graph_logits = model(leaf)
             logits, point = graph_logits.detach(), leaf.detach()
             is_adv, finite = adversarial(logits, lab)
-            tracker.update(idx, point, l2_norm(point - xa), is_adv, finite)
+            tracker.update(idx, point, lp_norm(point - xa, self.norm), is_adv, finite)
             tracker.active[idx[is_adv | ~finite]] = False
             keep = ~is_adv & finite
             if not bool(keep.any()):
@@ -86,7 +106,7 @@ class DeepFool(Attack):
             idx, lab, point, logits = idx[keep], lab[keep], point[keep], logits[keep]
             classes = label_and_rivals(logits, lab, self.candidates)
             z, grads = logit_gradients(model, point, classes, graph)
-            r, zero = _nearest_linearised_step(z, grads, classes, tracker, idx)
+            r, zero = _nearest_linearised_step(z, grads, classes, tracker, idx, self.norm)
             perturbation[idx] = perturbation[idx] + r.view_as(point)
             tracker.active[idx[zero]] = False
 

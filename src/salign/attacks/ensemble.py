@@ -10,6 +10,7 @@ chain.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from salign._progress import progress_bar
 from salign._validation import eval_mode
 from salign.attacks._engine import Attack, Refinement, Start, attack_chunk, count_flags, warn_flags
 from salign.attacks._model import CountingModel, chunks, clean_forward, frozen_parameters, prepare
-from salign.attacks._ops import batch_view
+from salign.attacks._ops import batch_view, parse_norm
 from salign.attacks.alma import ALMA
 from salign.attacks.carlini_wagner import CarliniWagner
 from salign.attacks.ddn import DDN
@@ -30,6 +31,13 @@ from salign.attacks.deepfool import DeepFool
 from salign.attacks.fmn import FMN
 from salign.attacks.result import AttackResult, concat_results
 from salign.errors import InputError
+
+#: The attacks :func:`robustness` runs by default, per norm (L1 and L∞: the attacks with an Lp form).
+DEFAULT_ATTACKS: dict[float, tuple[str, ...]] = {
+    2.0: ("deepfool", "ddn", "fmn", "alma"),
+    math.inf: ("deepfool", "fmn"),
+    1.0: ("deepfool", "fmn"),
+}
 
 #: The attacks :func:`robustness` can run, by name.
 ATTACKS: dict[str, type[Attack]] = {
@@ -117,10 +125,15 @@ class PlannedRun:
     patience: int | None = None
 
 
-def tuned_attack(name: str, steps: int, **extra: Any) -> Attack:
-    """The ensemble's version of attack ``name`` at ``steps`` steps (see :data:`TUNED`)."""
+def tuned_attack(name: str, steps: int, *, norm: float = 2.0, **extra: Any) -> Attack:
+    """The ensemble's version of attack ``name`` at ``steps`` steps in the Lp ``norm`` (see
+    :data:`TUNED`; its values were measured in L2: in L1 and L∞ the attacks keep the papers'
+    defaults, with FMN's guarded search)."""
     if name == "deepfool":
-        return DeepFool(steps=min(DEEPFOOL_STEPS, max(steps, 1)))
+        return DeepFool(norm=norm, steps=min(DEEPFOOL_STEPS, max(steps, 1)))
+    if norm != 2:
+        guard = {"guarded_search": True} if name == "fmn" else {}
+        return ATTACKS[name](norm=norm, steps=steps, **{**guard, **extra})  # type: ignore[call-arg]
     if name == "carlini_wagner":
         rounds = 5 if steps >= 500 else 3
         return CarliniWagner(steps=max(steps // rounds, 1), binary_search_steps=rounds, initial_const=0.1)
@@ -131,9 +144,10 @@ def tuned_attack(name: str, steps: int, **extra: Any) -> Attack:
 
 
 def default_plan(
-    attacks: Sequence[str], budget: str, steps: int, patience: int | str | None
+    attacks: Sequence[str], budget: str, steps: int, patience: int | str | None, norm: float = 2.0
 ) -> list[PlannedRun]:
-    """The requested attacks in order (the main chain), then the budget's extra runs for them.
+    """The requested attacks in order (the main chain), then the budget's extra runs for them,
+    all in the Lp ``norm``.
 
     Cold runs are polished with their own point, the last run with the best point over all."""
 
@@ -141,7 +155,8 @@ def default_plan(
         pat = max(50, n // 10) if patience == "auto" else patience
         pat = None if name in NO_EARLY_EXIT or not isinstance(pat, int) else pat
         polish = "none" if name in WARM_STARTED else "own"
-        return PlannedRun(label, tuned_attack(name, n, **extra), start, chain, polish, pat)  # type: ignore[arg-type]
+        attack = tuned_attack(name, n, norm=norm, **extra)
+        return PlannedRun(label, attack, start, chain, polish, pat)  # type: ignore[arg-type]
 
     def warm(name: str, pool: str) -> str:
         return pool if name in WARM_STARTED else "x"
@@ -149,7 +164,7 @@ def default_plan(
     runs = [planned(a, a, steps, {}, warm(a, "best"), a == "deepfool") for a in dict.fromkeys(attacks)]
     short = steps // SHORT_CHAIN_DIVISOR
     for label, name, extra, chain in BUDGETS[budget][1]:
-        if name not in attacks:
+        if name not in attacks or norm not in ATTACKS[name].norms:
             continue
         if not chain:
             runs.append(planned(label, name, steps, extra, "x", False))
@@ -231,6 +246,7 @@ def _run_plan(
         best_attack=[None if w == -1 else "clean" if w == -2 else names[w] for w in best.winner.tolist()],
         per_attack=per_attack,
         flags=counts,
+        norm=runs[0].attack.distance_norm,
     )
 
 
@@ -246,7 +262,11 @@ def _worse_than_deepfool(per_attack: dict[str, AttackResult]) -> int:
     return int(worse.sum())
 
 
-def _check_arguments(attacks: Sequence[str] | str, budget: str, steps: object, patience: object) -> list[str]:
+def _check_arguments(
+    attacks: Sequence[str] | str | None, budget: str, steps: object, patience: object, norm: float
+) -> list[str]:
+    if attacks is None:
+        attacks = DEFAULT_ATTACKS[norm]
     if isinstance(attacks, str):
         attacks = [a.strip() for a in attacks.split(",") if a.strip()]
     names = list(attacks)
@@ -255,6 +275,10 @@ def _check_arguments(attacks: Sequence[str] | str, budget: str, steps: object, p
     unknown = [a for a in names if a not in ATTACKS]
     if unknown:
         raise InputError(f"unknown attack(s) {unknown}; choose from {sorted(ATTACKS)}")
+    wrong = [a for a in names if norm not in ATTACKS[a].norms]
+    if wrong:
+        able = sorted(a for a, cls in ATTACKS.items() if norm in cls.norms)
+        raise InputError(f"attack(s) {wrong} do not minimise the norm {norm:g}; for it choose from {able}")
     if budget not in BUDGETS:
         raise InputError(f"budget must be one of {sorted(BUDGETS)}, got {budget!r}")
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
@@ -271,7 +295,7 @@ def robustness(
     x: Tensor,
     labels: Tensor | None = None,
     *,
-    attacks: Sequence[str] = ("deepfool", "ddn", "fmn", "alma"),
+    attacks: Sequence[str] | None = None,
     budget: str = "standard",
     steps: int | None = None,
     batch_size: int | None = None,
@@ -281,11 +305,12 @@ def robustness(
     polish_steps: int = 2,
     levels: int | None = None,
     plan: Sequence[PlannedRun] | None = None,
+    norm: float | str = 2,
 ) -> AttackResult:
-    """Robustness ρ(x): the L2 distance to the nearest decision boundary, as the per-sample
-    minimum over an ensemble of verified minimal-norm attacks (Etmann et al. 2019, D5).
+    """Robustness ρ(x): the distance (L2, or L∞ / L1) to the nearest decision boundary, as the
+    per-sample minimum over an ensemble of verified minimal-norm attacks (Etmann et al. 2019, D5).
 
-    ``ρ(x) = min { ‖δ‖₂ : argmax Ψ(x + δ) ≠ y, x + δ ∈ [0, 1]^d }``; every attack gives an upper
+    ``ρ_p(x) = min { ‖δ‖_p : argmax Ψ(x + δ) ≠ y, x + δ ∈ [0, 1]^d }``; every attack gives an upper
     bound, and the ensemble keeps the smallest *verified* one per sample. The attacks run with
     our tuned options (:data:`TUNED`; the public attacks keep the papers' defaults) in the given
     order; FMN and ALMA start from the best point found so far, DDN starts from x (from
@@ -303,7 +328,8 @@ def robustness(
         x: inputs (N, C, H, W) or (N, D) in [0, 1].
         labels: classes (N,) to move away from; ``None`` (the paper's ρ) uses the predicted
             class. With true labels, misclassified samples get distance 0.
-        attacks: names among ``deepfool``, ``ddn``, ``fmn``, ``alma``, ``carlini_wagner``.
+        attacks: names among ``deepfool``, ``ddn``, ``fmn``, ``alma``, ``carlini_wagner``
+            (default: :data:`DEFAULT_ATTACKS` of the norm; in L1 and L∞ only DeepFool and FMN).
         budget: ``"fast"`` (100 steps per attack), ``"standard"`` (1000 steps, then a
             restart chain of the requested DDN, FMN and ALMA with 100 steps each) or
             ``"thorough"`` (``standard`` plus a cold FMN and a cold DDN on the logit margin);
@@ -325,6 +351,7 @@ def robustness(
         plan: run these :class:`PlannedRun` s instead of the default plan of ``attacks``,
             ``budget``, ``steps`` and ``patience`` (which are then ignored), e.g. to compare
             ensembles.
+        norm: 2 (default, the paper's), ``float("inf")`` / ``"inf"`` or 1: the norm of ρ.
 
     Returns:
         An :class:`AttackResult` whose ``best_attack`` names the winner per sample and whose
@@ -332,15 +359,18 @@ def robustness(
         non-finite logits, samples without an adversarial point, non-determinism, attacks worse
         than DeepFool) are counted in ``flags`` and warned.
     """
+    p = parse_norm(norm)
     if plan is None:
-        names = _check_arguments(attacks, budget, steps, patience)
-        runs = default_plan(names, budget, BUDGETS[budget][0] if steps is None else steps, patience)
+        names = _check_arguments(attacks, budget, steps, patience, p)
+        runs = default_plan(names, budget, BUDGETS[budget][0] if steps is None else steps, patience, p)
     else:
         runs = list(plan)
         if not runs or not all(isinstance(r, PlannedRun) for r in runs):
             raise InputError("plan must be a non-empty sequence of PlannedRun")
         if len({r.label for r in runs}) < len(runs):
             raise InputError(f"plan labels must be unique, got {[r.label for r in runs]}")
+        if any(r.attack.distance_norm != p for r in runs):
+            raise InputError(f"every run of the plan must minimise norm={p:g} (the norm argument)")
     refinement = Refinement(line_search_steps, polish_steps, levels)
     model, x, labels, _ = prepare(model, x, labels, levels=levels)
     slices = chunks(x.shape[0], batch_size)
@@ -359,4 +389,13 @@ def robustness(
     return result
 
 
-__all__ = ["ATTACKS", "BUDGETS", "TUNED", "PlannedRun", "default_plan", "robustness", "tuned_attack"]
+__all__ = [
+    "ATTACKS",
+    "BUDGETS",
+    "DEFAULT_ATTACKS",
+    "TUNED",
+    "PlannedRun",
+    "default_plan",
+    "robustness",
+    "tuned_attack",
+]

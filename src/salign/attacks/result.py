@@ -21,12 +21,12 @@ FLAG_NAMES = (
 
 @dataclass(frozen=True)
 class AttackResult:
-    """Per-sample outcome of a minimal-norm L2 attack (or of the ensemble :func:`robustness`).
+    """Per-sample outcome of a minimal-norm attack (or of the ensemble :func:`robustness`).
 
     Attributes:
         adv: adversarial points, same shape as the inputs, in [0, 1]; equal to the input where
             no adversarial point was found.
-        distance: ``‖adv − x‖₂`` per sample, ``+inf`` where nothing was found and ``0`` where
+        distance: ``‖adv − x‖_p`` per sample (p = ``norm``), ``+inf`` where nothing was found and ``0`` where
             the input is already misclassified with respect to ``labels``.
         success: per-sample bool, verified by re-forwarding the clamped (and, if asked,
             quantised) ``adv`` twice through the model: both forwards must predict a class other
@@ -41,6 +41,7 @@ class AttackResult:
             (``None`` entries where nothing was found); ``None`` for a single attack.
         per_attack: for the ensemble, each attack's own verified result; ``None`` otherwise.
         flags: sanity-flag counts (see ``FLAG_NAMES``); every non-zero count is also warned.
+        norm: the Lp norm of ``distance`` (2, 1 or ``inf``).
     """
 
     adv: Tensor
@@ -54,6 +55,7 @@ class AttackResult:
     best_attack: list[str | None] | None = None
     per_attack: dict[str, AttackResult] | None = None
     flags: dict[str, int] = field(default_factory=dict)
+    norm: float = 2.0
 
     def __len__(self) -> int:
         return int(self.distance.shape[0])
