@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -52,7 +54,20 @@ class SlowMLP(nn.Module):
 
 
 def register_slow() -> None:
+    """Add SlowMLP to the model registry: for the kill test's subprocess only; tests in this process
+    use ``monkeypatch.setitem(MODELS, "slow_mlp_test", SlowMLP)`` so the registry is restored."""
     MODELS["slow_mlp_test"] = SlowMLP
+
+
+@contextlib.contextmanager
+def num_threads(n: int) -> Iterator[None]:
+    """``torch.set_num_threads(n)`` for the block, then the previous count (it is process-global)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def slow_config() -> dict:

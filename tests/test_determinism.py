@@ -11,6 +11,7 @@ Only wall-clock columns (``seconds``) may differ; they are dropped before compar
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,17 @@ import pytest
 import torch
 
 import salign
+from _training_helpers import num_threads
 from salign.cli import main
 
-torch.set_num_threads(1)
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """One thread in every test here, restored afterwards (set at import, it leaked into every
+    module collected after this one)."""
+    with num_threads(1):
+        yield
+
 
 #: A complete study small enough for a unit test: 2 models (λ = 0, 1) on synthetic data.
 TINY_STUDY: dict[str, Any] = {

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from _training_helpers import ddp_worker, tiny_config, tiny_data
+from _training_helpers import ddp_worker, num_threads, tiny_config, tiny_data
 from salign import models
 from salign.training import train
 
@@ -41,16 +41,18 @@ def test_two_gloo_ranks_match_one_process(tmp_path: Path) -> None:
         join=True,
         start_method="spawn",
     )
-    torch.set_num_threads(1)
-    for i, variant in enumerate(VARIANTS):
-        single = train(tiny_config(**variant), run_dir=tmp_path / f"single{i}", data=tiny_data())
-        want = models.load(single).state_dict()
-        got = models.load(Path(dirs[i]) / "checkpoint.safetensors").state_dict()
-        for key in want:
-            torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-5, msg=f"variant {i}: {key}")
-        # rank 0 alone wrote the log, and its epoch metrics (summed over ranks) match too
-        ddp_rows = (Path(dirs[i]) / "train_log.csv").read_text().splitlines()[1:]
-        one_rows = (tmp_path / f"single{i}" / "train_log.csv").read_text().splitlines()[1:]
-        for a, b in zip(ddp_rows, one_rows, strict=True):
-            va, vb = [float(v) for v in a.split(",")[:-1]], [float(v) for v in b.split(",")[:-1]]
-            assert va == pytest.approx(vb, rel=1e-4, abs=1e-6)
+    with num_threads(1):  # the trainer sets num_threads=1 too; restored afterwards
+        for i, variant in enumerate(VARIANTS):
+            single = train(tiny_config(**variant), run_dir=tmp_path / f"single{i}", data=tiny_data())
+            want = models.load(single).state_dict()
+            got = models.load(Path(dirs[i]) / "checkpoint.safetensors").state_dict()
+            for key in want:
+                torch.testing.assert_close(
+                    got[key], want[key], rtol=1e-4, atol=1e-5, msg=f"variant {i}: {key}"
+                )
+            # rank 0 alone wrote the log, and its epoch metrics (summed over ranks) match too
+            ddp_rows = (Path(dirs[i]) / "train_log.csv").read_text().splitlines()[1:]
+            one_rows = (tmp_path / f"single{i}" / "train_log.csv").read_text().splitlines()[1:]
+            for a, b in zip(ddp_rows, one_rows, strict=True):
+                va, vb = [float(v) for v in a.split(",")[:-1]], [float(v) for v in b.split(",")[:-1]]
+                assert va == pytest.approx(vb, rel=1e-4, abs=1e-6)

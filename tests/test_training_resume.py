@@ -8,14 +8,16 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors import safe_open
 
-from _training_helpers import register_slow, slow_config, tiny_data
+from _training_helpers import SlowMLP, num_threads, slow_config, tiny_data
 from salign import models
+from salign.models.registry import MODELS
 from salign.training import STATE_FILE, load_state, train
 
 HELPERS = Path(__file__).with_name("_training_helpers.py")
@@ -34,9 +36,16 @@ def _launch(run_dir: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, str(HELPERS), str(run_dir)], env=env)
 
 
-def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path: Path) -> None:
-    torch.set_num_threads(1)
-    register_slow()
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    with num_threads(1):
+        yield
+
+
+def test_sigkill_mid_epoch_then_resume_is_bit_identical(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_thread: None
+) -> None:
+    monkeypatch.setitem(MODELS, "slow_mlp_test", SlowMLP)
     reference = train(slow_config(), run_dir=tmp_path / "reference", data=tiny_data())
 
     run_dir = tmp_path / "killed"

