@@ -50,9 +50,39 @@ def test_attack_command_writes_verified_distances(tmp_path: Path, capsys: pytest
     assert "median ρ" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(("norm", "q"), [("inf", 1.0), ("1", float("inf"))])
+def test_attack_command_in_other_norms(
+    tmp_path: Path, norm: str, q: float, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--norm: ρ_p of a bias-free two-class linear model is |⟨w1 − w0, x⟩| / ‖w1 − w0‖_q where the
+    minimiser stays in the box (L∞ here); in L1 it moves one pixel by more than the box allows,
+    so the closed form is only a lower bound."""
+    path, model = _checkpoint(tmp_path)
+    out = tmp_path / "rho.csv"
+    main(["attack", str(path), "--data", "synthetic-gaussian", "--n", "4", "--norm", norm, "--steps", "100",
+          "--out", str(out), "--quiet"])  # fmt: skip
+    rows = list(csv.DictReader(out.open()))
+    assert {"distance_deepfool", "distance_fmn"} <= set(rows[0]) and "distance_ddn" not in rows[0]
+    x, _ = salign.data.load("synthetic-gaussian", "test")
+    w = model.fc.weight.detach()
+    rho = ((x[:4].flatten(1) @ (w[1] - w[0])).abs() / (w[1] - w[0]).norm(p=q)).tolist()
+    for row, expected in zip(rows, rho, strict=True):
+        assert row["success"] == "True"
+        if norm == "inf":
+            assert float(row["distance"]) == pytest.approx(expected, rel=1e-3)
+        else:
+            assert float(row["distance"]) >= expected * (1 - 1e-6)
+    assert f"median ρ (L{norm})" in capsys.readouterr().out
+
+
 def test_attack_command_rejects_bad_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path, _ = _checkpoint(tmp_path)
-    for extra, message in ((["--attacks", "pgd"], "unknown attack"), (["--budget", "huge"], "budget")):
+    for extra, message in (
+        (["--attacks", "pgd"], "unknown attack"),
+        (["--budget", "huge"], "budget"),
+        (["--norm", "3"], "norm must be 1, 2 or inf"),
+        (["--norm", "inf", "--attacks", "ddn"], "do not minimise the norm inf"),
+    ):
         with pytest.raises(SystemExit) as exc:
             main(["attack", str(path), "--data", "synthetic-gaussian", "--n", "2", *extra])
         assert exc.value.code == 2

@@ -21,11 +21,13 @@ def register(app: typer.Typer) -> None:
         split: str = typer.Option("test", "--split", help="Dataset split: train or test."),
         data_dir: Path | None = typer.Option(None, "--data-dir", help="Directory with user-supplied data."),
         n: int = typer.Option(1000, "--n", help="Attack the first N samples of the split."),
-        attacks: str = typer.Option(
-            "deepfool,ddn,fmn,alma",
+        attacks: str | None = typer.Option(
+            None,
             "--attacks",
-            help="Comma-separated: deepfool, ddn, fmn, alma, carlini_wagner.",
+            help="Comma-separated: deepfool, ddn, fmn, alma, carlini_wagner (L2); deepfool, fmn (L1, inf). "
+            "Default: all of the norm's.",
         ),
+        norm: str = typer.Option("2", "--norm", help="The norm of ρ: 2 (the paper's), inf or 1."),
         budget: str = typer.Option(
             "standard",
             "--budget",
@@ -47,7 +49,7 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("robustness.csv"), "--out", help="Per-sample CSV to write."),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     ) -> None:
-        """Estimate ρ(x), the L2 distance to the nearest decision boundary, per sample."""
+        """Estimate ρ(x), the L2 (or L∞, L1) distance to the nearest decision boundary, per sample."""
         import torch
 
         import salign
@@ -67,7 +69,8 @@ def register(app: typer.Typer) -> None:
             model,
             x,
             y if true_labels else None,
-            attacks=[a.strip() for a in attacks.split(",") if a.strip()],
+            attacks=None if attacks is None else [a.strip() for a in attacks.split(",") if a.strip()],
+            norm=norm,
             budget=budget,
             steps=steps,
             batch_size=batch_size,
@@ -84,7 +87,7 @@ def register(app: typer.Typer) -> None:
                 writer.writerow(row)
         finite = [d for d in columns["distance"] if math.isfinite(d)]
         typer.echo(
-            f"{len(result)} samples: median ρ = {result.median():.4g}, success {result.success_rate:.1%} "
+            f"{len(result)} samples: median ρ (L{result.norm:g}) = {result.median():.4g}, success {result.success_rate:.1%} "
             f"({len(finite)} found), {result.forwards / len(result):.0f} forwards and "
             f"{result.backwards / len(result):.0f} backwards per sample, {result.seconds:.1f} s; "
             f"flags {result.flags}; wrote {out}"
