@@ -96,7 +96,7 @@ def search_nearest(
     best_rival = torch.full((n,), -1, dtype=torch.long, device=logits.device)
     best_norm = logits.new_zeros(n)
     best_margin = logits.new_full((n,), math.nan)
-    best_grad: Tensor | None = None
+    best_grad = graph.x.new_zeros(graph.x.shape)
     extra: list[Tensor] = []
     for start, grads in graph.vjp_chunks(cotangents, n_extra + rivals.shape[1]):
         for r, g in enumerate(grads, start):
@@ -108,15 +108,12 @@ def search_nearest(
             # a rival whose binarized gradient vanishes has its linearised boundary at infinity
             dist = torch.where(g_norm > 0, margins[:, m] / torch.where(g_norm > 0, g_norm, 1), math.inf)
             better = dist < best_dist
-            if best_grad is None:  # the first rival searched: every finite distance wins
-                best_grad = torch.where(better.view(-1, *([1] * (g.ndim - 1))), g, 0)
-            elif bool(better.any()):
+            if bool(better.any()):
                 best_grad = torch.where(better.view(-1, *([1] * (g.ndim - 1))), g, best_grad)
             best_dist = torch.where(better, dist, best_dist)
             best_rival = torch.where(better, rivals[:, m], best_rival)
             best_norm = torch.where(better, g_norm, best_norm)
             best_margin = torch.where(better, margins[:, m], best_margin)
-    assert best_grad is not None
     result = NearestRival(
         rival=best_rival,
         distance=torch.where(best_rival >= 0, best_dist, math.nan),
