@@ -610,3 +610,75 @@ def test_efficientnet_lite0_photo_with_candidates() -> None:
     assert bool(
         (a.bias_distance >= (a.alignment_binarized - a.linearized_robustness).abs() * (1 - 1e-4)).all()
     )
+
+
+# ----------------------------------------------------------------------------- package layout, strategy
+
+
+def test_public_names_are_reexported_unchanged() -> None:
+    import salign.quantities as q
+
+    assert q.__all__ == [
+        "DEFAULT_STRATEGY", "STRATEGIES", "Analysis", "NearestRival", "alignment", "analyze",
+        "bias_shifted_input", "class_gradients", "effective_bias", "linearized_robustness",
+        "logit_vjps", "nearest_rival", "saliency",
+    ]  # fmt: skip
+    for name in q.__all__:
+        assert getattr(q, name) is not None
+    for name in ("saliency", "alignment", "linearized_robustness", "effective_bias", "bias_shifted_input",
+                 "analyze", "Analysis"):  # fmt: skip
+        assert getattr(salign, name) is getattr(q, name)
+    assert callable(q.saliency) and callable(q.alignment)  # functions, not the submodules
+
+
+def test_auto_strategy_is_the_loop_and_no_global_switch(
+    monkeypatch: pytest.MonkeyPatch, smallnet8: nn.Module, x8: torch.Tensor
+) -> None:
+    """strategy="auto" resolves in one function; assigning the documented constant changes nothing."""
+    import salign.quantities as q
+    from salign.quantities import _graph
+
+    assert _graph.auto_strategy() == q.DEFAULT_STRATEGY == "loop"
+    assert _graph.resolve_strategy("auto") == _graph.resolve_strategy(None) == "loop"
+    assert _graph.resolve_strategy("batched") == "batched"
+    monkeypatch.setattr(q, "DEFAULT_STRATEGY", "vmap")
+    monkeypatch.setattr(_graph, "DEFAULT_STRATEGY", "vmap")
+    assert _graph.resolve_strategy("auto") == "loop"
+    # create_graph=True would fail under "vmap": the default still works
+    g = salign.saliency(smallnet8, x8, mode="logit", create_graph=True)
+    assert g.shape == x8.shape
+    with pytest.raises(InputError, match=r"strategy must be 'auto' or one of loop, batched, vmap"):
+        _graph.resolve_strategy("fast")
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_forward_errors_come_from_run_model(strategy: str) -> None:
+    """The one forward of every quantity reports a wrong dtype or shape as run_model does."""
+    model = salign.models.build("linear", input_shape=[4], num_classes=3)
+    with pytest.raises(InputTypeError) as info:
+        nearest_rival(model, torch.rand(2, 4, dtype=torch.float64), strategy=strategy)
+    assert str(info.value) == (
+        "x has dtype torch.float64 but the model's parameters are torch.float32; convert one of "
+        "them (e.g. x.to(torch.float32) or model.to(torch.float64))"
+    )
+    with pytest.raises(InputError, match=r"model failed on x of shape \(2, 5\) and dtype torch\.float32"):
+        salign.analyze(model, torch.rand(2, 5), strategy=strategy)
+
+
+@pytest.mark.parametrize("strategy", ["loop", "batched"])
+def test_every_rival_choice_falls_back_to_the_runner_up_alike(strategy: str) -> None:
+    """Where every binarized gradient vanishes, saliency/ρ̃/β and analyze use the same pair."""
+    model = DeadForSome()
+    x = torch.rand(10, 4, generator=torch.Generator().manual_seed(3))
+    x[:4, 0] = 0.1
+    x[4:, 0] = 0.9
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        an = salign.analyze(model, x, strategy=strategy)
+        beta = salign.effective_bias(model, x, strategy=strategy)
+        rho = salign.linearized_robustness(model, x, strategy=strategy)
+        beta_ru = salign.effective_bias(model, x, rival=an.rival_runner_up, strategy=strategy)
+    assert torch.equal(an.rival[:4], an.rival_runner_up[:4])
+    assert torch.allclose(beta, an.effective_bias) and torch.allclose(beta[:4], beta_ru[:4])
+    assert torch.allclose(an.margin[:4], an.logit_margin[:4])
+    assert torch.equal(rho.isnan(), an.linearized_robustness.isnan())

@@ -76,3 +76,64 @@ def test_atomic_writes_leave_old_file_on_failure(tmp_path) -> None:
         raise OSError("disk full")
     assert target.read_text().strip().startswith("{")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
+
+
+def _old_value_checks(x: torch.Tensor, check_range: bool) -> str | None:
+    """The finiteness and range checks as they were written before the fused aminmax pass."""
+    if not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).flatten(1).any(1).sum())
+        return f"x contains NaN or Inf values (in {bad} of {x.shape[0]} samples)"
+    if check_range:
+        lo, hi = float(x.min()), float(x.max())
+        if lo < -1e-5 or hi > 1 + 1e-5:
+            return (
+                "x must be in [0, 1] (normalisation belongs inside the model), got values "
+                f"in [{lo:.4g}, {hi:.4g}]; pass check_range=False to skip this check"
+            )
+    return None
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("check_range", [True, False])
+@pytest.mark.parametrize(
+    "poison",
+    [None, float("nan"), float("inf"), -float("inf"), 1.5, -0.25, 1 + 1e-6, -1e-6, 250.0],
+)
+def test_fused_value_check_gives_the_old_messages(dtype, check_range, poison) -> None:
+    """check_inputs' one aminmax pass rejects exactly what the separate passes rejected, with
+    the same message (NaN/±inf counted per sample, the range with its extremes)."""
+    x = torch.rand(5, 1, 6, 6, generator=torch.Generator().manual_seed(0)).to(dtype)
+    if poison is not None:
+        x[1, 0, 2, 3] = poison
+        x[3, 0, 5, 5] = poison
+        x[3, 0, 0, 1] = poison
+    views = [x, x.permute(0, 1, 3, 2), x.flatten(1)]  # contiguous, strided, (N, D)
+    for v in views:
+        expected = _old_value_checks(v, check_range)
+        if expected is None:
+            assert check_inputs(v, check_range=check_range) is v
+        else:
+            with pytest.raises(InputError) as info:
+                check_inputs(v, check_range=check_range)
+            assert str(info.value) == expected
+
+
+def test_value_check_ignores_autograd_and_keeps_the_tensor() -> None:
+    x = torch.rand(3, 4, requires_grad=True)
+    assert check_inputs(x) is x
+    assert x.grad is None
+
+
+def test_run_model_names_both_dtypes_on_a_dtype_mismatch() -> None:
+    from salign._validation import run_model
+
+    model = nn.Linear(4, 3)
+    with pytest.raises(InputTypeError) as info:
+        run_model(model, torch.rand(2, 4, dtype=torch.float64))
+    assert str(info.value) == (
+        "x has dtype torch.float64 but the model's parameters are torch.float32; convert one of "
+        "them (e.g. x.to(torch.float32) or model.to(torch.float64))"
+    )
+    assert isinstance(info.value.__cause__, RuntimeError)
+    with pytest.raises(InputError, match=r"model failed on x of shape \(2, 5\) and dtype torch\.float32"):
+        run_model(model, torch.rand(2, 5))

@@ -7,6 +7,7 @@ the same clear message that names the argument.
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from collections.abc import Iterator
 
@@ -45,16 +46,17 @@ def check_inputs(x: object, *, name: str = "x", check_range: bool = True) -> Ten
             f"{name} looks channels-last (shape {tuple(x.shape)}); salign expects NCHW: "
             f"use {name}.permute(0, 3, 1, 2)"
         )
-    if not bool(torch.isfinite(x).all()):
+    # One fused min/max pass covers finiteness and range: torch.aminmax propagates NaN and ±inf,
+    # so finite extremes prove the whole batch finite (one device sync for both numbers).
+    lo, hi = (float(v) for v in torch.stack(torch.aminmax(x.detach())).tolist())
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         bad = int((~torch.isfinite(x)).flatten(1).any(1).sum())
         raise InputError(f"{name} contains NaN or Inf values (in {bad} of {x.shape[0]} samples)")
-    if check_range:
-        lo, hi = float(x.min()), float(x.max())
-        if lo < -RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
-            raise InputError(
-                f"{name} must be in [0, 1] (normalisation belongs inside the model), got values "
-                f"in [{lo:.4g}, {hi:.4g}]; pass check_range=False to skip this check"
-            )
+    if check_range and (lo < -RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE):
+        raise InputError(
+            f"{name} must be in [0, 1] (normalisation belongs inside the model), got values "
+            f"in [{lo:.4g}, {hi:.4g}]; pass check_range=False to skip this check"
+        )
     return x
 
 
@@ -99,14 +101,21 @@ def run_model(model: nn.Module, x: Tensor, *, name: str = "model", input_name: s
 
     A ``RuntimeError`` raised inside the forward pass (a shape or dtype that does not fit the
     first layer, e.g. ``mat1 and mat2 shapes cannot be multiplied``) becomes an
-    :class:`InputError` naming the input's shape and dtype; the original stays chained.
-    Out-of-memory errors pass through unchanged.
+    :class:`InputError` naming the input's shape and dtype, or an :class:`InputTypeError` that
+    names both dtypes when the input's dtype differs from the parameters' and torch's message is
+    about a dtype; the original stays chained. Out-of-memory errors pass through unchanged.
     """
     try:
         return model(x)
     except torch.OutOfMemoryError:
         raise
     except RuntimeError as exc:
+        param = next((p for p in model.parameters() if p.is_floating_point()), None)
+        if param is not None and param.dtype != x.dtype and "dtype" in str(exc).lower():
+            raise InputTypeError(
+                f"{input_name} has dtype {x.dtype} but the {name}'s parameters are {param.dtype}; "
+                f"convert one of them (e.g. {input_name}.to({param.dtype}) or {name}.to({x.dtype}))"
+            ) from exc
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(
             f"{name} failed on {input_name} of shape {tuple(x.shape)} and dtype {x.dtype} "
