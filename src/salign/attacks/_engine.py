@@ -18,9 +18,10 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
+from salign._norms import parse_norm
 from salign._validation import eval_mode
 from salign.attacks._model import Chunk, CountingModel, chunks, clean_forward, frozen_parameters, prepare
-from salign.attacks._ops import check_positive, parse_norm
+from salign.attacks._ops import check_positive
 from salign.attacks._refine import refine, verify
 from salign.attacks._tracker import Tracker
 from salign.attacks.result import FLAG_NAMES, AttackResult, concat_results

@@ -21,30 +21,6 @@ def l2_norm(t: Tensor) -> Tensor:
     return t.flatten(1).norm(p=2, dim=1)
 
 
-#: The norms the attacks know (1 / p + 1 / q = 1 pairs them with their duals: 1 ↔ ∞, 2 ↔ 2).
-NORMS: tuple[float, ...] = (1.0, 2.0, math.inf)
-
-
-def parse_norm(norm: object, name: str = "norm") -> float:
-    """``norm`` as a float among :data:`NORMS`: 1, 2 or inf (numbers, or the strings "1", "2",
-    "inf", "linf", "l1", "l2"); anything else is an InputError naming it."""
-    aliases = {"1": 1.0, "l1": 1.0, "2": 2.0, "l2": 2.0, "inf": math.inf, "linf": math.inf}
-    if isinstance(norm, str) and norm.strip().lower() in aliases:
-        return aliases[norm.strip().lower()]
-    if not isinstance(norm, bool) and isinstance(norm, (int, float)) and float(norm) in NORMS:
-        return float(norm)
-    raise InputError(f"{name} must be 1, 2 or inf (float('inf') or 'inf'), got {norm!r}")
-
-
-def dual_exponent(p: float) -> float:
-    """q with 1/p + 1/q = 1 (∞ for p = 1, 1 for p = ∞)."""
-    if p == 1:
-        return math.inf
-    if math.isinf(p):
-        return 1.0
-    return p / (p - 1)
-
-
 def lp_norm(t: Tensor, p: float) -> Tensor:
     """Per-sample Lp norm of a batch (``l2_norm`` for p = 2)."""
     return l2_norm(t) if p == 2 else t.flatten(1).norm(p=p, dim=1)

@@ -6,11 +6,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from salign._norms import dual_exponent
 from salign.attacks._model import label_and_rivals, logit_gradients
 from salign.attacks._ops import (
     adversarial,
     batch_view,
-    dual_exponent,
     l2_norm,
     lp_norm,
     minimal_step,

@@ -8,16 +8,14 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from salign._norms import NORMS, dual_exponent, parse_norm
 from salign.attacks._engine import Attack
 from salign.attacks._model import label_and_rivals, logit_gradients
 from salign.attacks._ops import (
-    NORMS,
     adversarial,
     check_positive,
-    dual_exponent,
     lp_norm,
     minimal_step,
-    parse_norm,
 )
 from salign.attacks._tracker import Tracker
 from salign.attacks.result import AttackResult

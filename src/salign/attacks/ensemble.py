@@ -19,11 +19,12 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from salign._norms import parse_norm
 from salign._progress import progress_bar
 from salign._validation import eval_mode
 from salign.attacks._engine import Attack, Refinement, Start, attack_chunk, count_flags, warn_flags
 from salign.attacks._model import CountingModel, chunks, clean_forward, frozen_parameters, prepare
-from salign.attacks._ops import batch_view, parse_norm
+from salign.attacks._ops import batch_view
 from salign.attacks.alma import ALMA
 from salign.attacks.carlini_wagner import CarliniWagner
 from salign.attacks.ddn import DDN

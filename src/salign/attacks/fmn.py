@@ -9,17 +9,15 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from salign._norms import NORMS, dual_exponent, parse_norm
 from salign.attacks._engine import Attack
 from salign.attacks._ops import (
-    NORMS,
     adversarial,
     batch_view,
     check_positive,
-    dual_exponent,
     l2_norm,
     logit_margin,
     lp_norm,
-    parse_norm,
     project_on_ball,
 )
 from salign.attacks._refine import boundary_search

@@ -8,6 +8,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from salign._norms import parse_norm
 from salign._validation import check_inputs, warn_count
 from salign.errors import InputError, InputTypeError
 from salign.quantities._common import (
@@ -17,9 +18,10 @@ from salign.quantities._common import (
     check_origin,
     div_or_nan,
     dot,
-    norm,
+    dual_norm,
     projection,
 )
+from salign.quantities._common import norm as lp_norm
 from salign.quantities._saliency import Map, saliency_map
 
 
@@ -36,6 +38,7 @@ def alignment(
     candidates: int | None = None,
     strategy: Strategy | None = None,
     check_range: bool = True,
+    norm: float | str = 2,
 ) -> Tensor:
     """Alignment of an input with its saliency map (Etmann et al. 2019, D3/D4).
 
@@ -43,6 +46,11 @@ def alignment(
     saliency direction. It has the units of a distance: for a bias-free linear model and the
     binarized map of the nearest rival, α(x) equals the distance ρ(x) to the decision boundary
     (T1/T2). ``normalized=True`` divides by ‖x − origin‖, giving |cos∠(x − origin, s(x))|.
+
+    With ``norm=p`` (``"inf"`` or 1) it is the dual-norm alignment α_p = |⟨x − origin, s⟩| /
+    ‖s‖_q, q the dual exponent, which equals the Lp distance ρ_p for bias-free linear models
+    (docs/theory.md, D3_p, T2_p); the nearest rival is then the nearest in Lp, and
+    ``normalized=True`` divides by ‖x − origin‖_p (a value in [0, 1] by Hölder).
 
     A zero saliency map (or, when normalized, x = origin) gives NaN and a warning that counts
     the samples; never an inf.
@@ -70,10 +78,12 @@ def alignment(
                 a_sg = salign.alignment(None, x, saliency=sg, normalized=True)
 
         check_range: reject inputs outside [0, 1].
+        norm: 2 (default, the paper's), ``"inf"`` / ``float("inf")`` or 1.
 
     Returns:
         (N,) tensor on x's device.
     """
+    p = parse_norm(norm)
     if saliency is not None:
         check_inputs(x, check_range=check_range)
         if not isinstance(saliency, Tensor):
@@ -84,13 +94,13 @@ def alignment(
     else:
         if model is None:
             raise InputTypeError("model is None: pass a model, or a precomputed attribution as saliency=")
-        s = saliency_map(model, x, target, mode, rival, candidates, strategy, check_range).grad
+        s = saliency_map(model, x, target, mode, rival, candidates, strategy, check_range, norm=p).grad
     org = check_origin(origin, x)
     centred = x.detach() if org is None else x.detach() - org
-    alpha, n_zero = projection(centred, s)
+    alpha, n_zero = projection(centred, s, p)
     warn_count(n_zero, x.shape[0], "the saliency map is zero, so the alignment is NaN")
     if normalized:
-        alpha, n_zero_x = div_or_nan(alpha, norm(centred))
+        alpha, n_zero_x = div_or_nan(alpha, lp_norm(centred, p))
         warn_count(n_zero_x, x.shape[0], "x equals the origin, so the normalized alignment is NaN")
     return alpha
 
@@ -104,6 +114,7 @@ def linearized_robustness(
     candidates: int | None = None,
     strategy: Strategy | None = None,
     check_range: bool = True,
+    norm: float | str = 2,
 ) -> Tensor:
     """Linearised robustness ρ̃(x) (Etmann et al. 2019, D6).
 
@@ -124,12 +135,15 @@ def linearized_robustness(
             ones (None = all K − 1).
         strategy: gradient strategy; see :data:`STRATEGIES`.
         check_range: reject inputs outside [0, 1].
+        norm: 2 (default); ``"inf"`` or 1 give ρ̃_p = (Ψ^i − Ψ^j) / ‖g_j‖_q, the Lp distance to
+            the nearest linearised boundary (docs/theory.md, D6_p).
 
     Returns:
         (N,) tensor on x's device.
     """
-    sal = saliency_map(model, x, target, "binarized", rival, candidates, strategy, check_range)
-    rho, n_zero = div_or_nan(sal.value, norm(sal.grad))
+    p = parse_norm(norm)
+    sal = saliency_map(model, x, target, "binarized", rival, candidates, strategy, check_range, norm=p)
+    rho, n_zero = div_or_nan(sal.value, dual_norm(sal.grad, p))
     warn_count(n_zero, x.shape[0], "the binarized gradient is zero, so ρ̃ is NaN")
     return rho
 
@@ -198,7 +212,7 @@ def bias_shifted_input(
     if mode not in ("logit", "binarized"):
         raise InputError(f"bias_shifted_input needs mode 'logit' or 'binarized', got {mode!r}")
     sal = saliency_map(model, x, target, mode, rival, candidates, strategy, check_range)
-    scale, n_zero = div_or_nan(_beta(sal, x), norm(sal.grad) ** 2)
+    scale, n_zero = div_or_nan(_beta(sal, x), lp_norm(sal.grad) ** 2)
     warn_count(n_zero, x.shape[0], "the gradient is zero, so the input is returned unshifted")
     return x.detach() + torch.nan_to_num(scale, nan=0.0).view(-1, *([1] * (x.ndim - 1))) * sal.grad
 

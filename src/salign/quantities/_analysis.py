@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from salign._norms import parse_norm
 from salign._validation import check_labels, eval_mode, warn_count
 from salign.errors import InputError, MissingDependencyError
 from salign.quantities._common import (
@@ -18,6 +19,7 @@ from salign.quantities._common import (
     check_origin,
     div_or_nan,
     dot,
+    dual_norm,
     logit_gap,
     norm,
     projection,
@@ -54,6 +56,9 @@ class Analysis:
         margin: Ψ^i − Ψ^j.
         inner_product: ⟨x, g⟩, the homogeneous part of the margin.
         homogeneous_fraction: ⟨x, g⟩ / (Ψ^i − Ψ^j) (1 for bias-free nets, T3).
+        norm: the Lp norm of the distance-like columns (a float, not a column): with p ≠ 2 every
+            ‖s‖, ‖g‖ above is the dual norm ‖·‖_q, ‖x − o‖ is ‖x − o‖_p, and j* the nearest rival
+            in Lp (docs/theory.md, "Other norms").
     """
 
     pred: Tensor
@@ -75,11 +80,12 @@ class Analysis:
     margin: Tensor
     inner_product: Tensor
     homogeneous_fraction: Tensor
+    norm: float = 2.0
 
     @classmethod
     def columns(cls) -> list[str]:
-        """Field names in table order."""
-        return [f.name for f in fields(cls)]
+        """Column (per-sample field) names in table order."""
+        return [f.name for f in fields(cls) if f.name != "norm"]
 
     def __len__(self) -> int:
         return int(self.pred.shape[0])
@@ -112,6 +118,7 @@ def _analyze_chunk(
     candidates: int | None,
     origin: Tensor | None,
     strategy: str,
+    norm_p: float = 2.0,
 ) -> tuple[dict[str, Tensor], list[int]]:
     """The columns of one chunk (one forward pass), and its counts of zero s, zero g, x = o."""
     graph = Graph(model, x, strategy=strategy, create_graph=False)
@@ -122,16 +129,16 @@ def _analyze_chunk(
     pred = logits.argmax(1)
     onehot_i = F.one_hot(pred, k).to(logits.dtype).unsqueeze(0)
     # ∇Ψ^i rides along as an extra cotangent row of the rival's pass
-    pair = binarized_pair(graph, pred, rival, candidates, extra_rows=onehot_i)
+    pair = binarized_pair(graph, pred, rival, candidates, extra_rows=onehot_i, norm=norm_p)
     del graph
     assert pair.extra is not None
     s, g, margin = pair.extra[0], pair.gradient, pair.margin
     xd = x.detach()
     centred = xd if origin is None else xd - origin
-    alpha, nz_s = projection(centred, s)
-    alpha_bin, nz_g = projection(centred, g)
-    alpha_norm, nz_x = div_or_nan(alpha, norm(centred))
-    g_norm, inner = norm(g), dot(xd, g)
+    alpha, nz_s = projection(centred, s, norm_p)
+    alpha_bin, nz_g = projection(centred, g, norm_p)
+    alpha_norm, nz_x = div_or_nan(alpha, norm(centred, norm_p))
+    g_norm, inner = dual_norm(g, norm_p), dot(xd, g)
     beta = margin - inner
     cols = {
         "pred": pred,
@@ -148,7 +155,7 @@ def _analyze_chunk(
         "effective_bias": beta,
         "effective_bias_logit": logits.gather(1, pred[:, None])[:, 0] - dot(xd, s),
         "bias_distance": div_or_nan(beta.abs(), g_norm)[0],
-        "grad_norm": norm(s),
+        "grad_norm": dual_norm(s, norm_p),
         "binarized_grad_norm": g_norm,
         "margin": margin,
         "inner_product": inner,
@@ -169,6 +176,7 @@ def analyze(
     strategy: Strategy | None = None,
     check_range: bool = True,
     quiet: bool | None = True,
+    norm: float | str = 2,
 ) -> Analysis:
     """Every per-sample quantity of the paper in one pass per chunk (→ :class:`Analysis`).
 
@@ -190,12 +198,16 @@ def analyze(
         strategy: gradient strategy; see :data:`STRATEGIES`.
         check_range: reject inputs outside [0, 1].
         quiet: hide the progress bar (None = follow ``SALIGN_QUIET``).
+        norm: 2 (default, the paper's), ``"inf"`` or 1: the columns become α_p, ρ̃_p and
+            |β|/‖g‖_q with the nearest rival in Lp (T4_p: |α_bin − ρ̃| ≤ bias_distance holds in
+            every norm; docs/theory.md).
 
     Returns:
         :class:`Analysis` of (N,) tensors on x's device.
     """
     from salign._progress import progress
 
+    p = parse_norm(norm)
     check_model_and_inputs(model, x, check_range)
     if rival not in ("nearest", "runner_up"):
         raise InputError(f"analyze: rival must be 'nearest' or 'runner_up', got {rival!r}")
@@ -225,6 +237,7 @@ def analyze(
                 candidates=cand,
                 origin=org[start:stop] if per_sample_origin and org is not None else org,
                 strategy=strat,
+                norm_p=p,
             )
             chunks.append(cols)
             counts = [a + b for a, b in zip(counts, nz, strict=True)]
@@ -232,4 +245,4 @@ def analyze(
     warn_count(counts[0], n, "the saliency map ∇Ψ^i is zero, so alignment is NaN")
     warn_count(counts[1], n, "the binarized gradient is zero, so alignment_binarized and ρ̃ are NaN")
     warn_count(counts[2], n, "x equals the origin, so alignment_normalized is NaN")
-    return Analysis(**merged)
+    return Analysis(**merged, norm=p)

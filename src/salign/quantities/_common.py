@@ -8,6 +8,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from salign._norms import dual_exponent
 from salign._validation import check_inputs, check_labels, check_model
 from salign.errors import InputError, InputTypeError
 
@@ -87,9 +88,17 @@ def dot(a: Tensor, b: Tensor) -> Tensor:
     return (flat(a) * flat(b)).sum(1)
 
 
-def norm(a: Tensor) -> Tensor:
-    """‖a_n‖ per sample."""
-    return torch.linalg.vector_norm(flat(a), dim=1)
+def norm(a: Tensor, p: float = 2.0) -> Tensor:
+    """‖a_n‖_p per sample (Euclidean by default)."""
+    if p == 2:
+        return torch.linalg.vector_norm(flat(a), dim=1)
+    return torch.linalg.vector_norm(flat(a), ord=p, dim=1)
+
+
+def dual_norm(a: Tensor, p: float = 2.0) -> Tensor:
+    """‖a_n‖_q per sample, q the dual exponent of p (1/p + 1/q = 1): the norm that turns an
+    inner product with a gradient into an Lp distance (docs/theory.md, Lemma P)."""
+    return norm(a, dual_exponent(p))
 
 
 def div_or_nan(num: Tensor, den: Tensor) -> tuple[Tensor, int]:
@@ -99,9 +108,10 @@ def div_or_nan(num: Tensor, den: Tensor) -> tuple[Tensor, int]:
     return torch.where(zero, torch.full_like(out, math.nan), out), int(zero.sum())
 
 
-def projection(centred: Tensor, direction: Tensor) -> tuple[Tensor, int]:
-    """|⟨x − o, s⟩| / ‖s‖ per sample (the alignment α of D3), NaN where s = 0, and how many."""
-    return div_or_nan(dot(centred, direction).abs(), norm(direction))
+def projection(centred: Tensor, direction: Tensor, p: float = 2.0) -> tuple[Tensor, int]:
+    """|⟨x − o, s⟩| / ‖s‖_q per sample (the alignment α_p of D3 / D3_p; ‖s‖ for p = 2), NaN where
+    s = 0, and how many."""
+    return div_or_nan(dot(centred, direction).abs(), dual_norm(direction, p))
 
 
 def logit_gap(logits: Tensor, target: Tensor, other: Tensor) -> Tensor:

@@ -10,14 +10,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from salign._norms import parse_norm
 from salign._validation import check_labels, eval_mode, warn_count
 from salign.errors import InputError
 from salign.quantities._common import (
     Strategy,
     check_candidates,
     check_model_and_inputs,
+    dual_norm,
     logit_gap,
-    norm,
     one_hot_rows,
     resolve_target,
 )
@@ -67,9 +68,10 @@ def candidate_rivals(logits: Tensor, target: Tensor, candidates: int | None) -> 
 
 
 def search_nearest(
-    graph: Graph, target: Tensor, candidates: int | None, extra_rows: Tensor | None = None
+    graph: Graph, target: Tensor, candidates: int | None, extra_rows: Tensor | None = None, norm: float = 2.0
 ) -> tuple[NearestRival, Tensor | None]:
-    """Stream the binarized gradients of the ``candidates`` rivals searched; keep the nearest.
+    """Stream the binarized gradients of the ``candidates`` rivals searched; keep the nearest in
+    the Lp ``norm`` (distances margin / ‖g_j‖_q).
 
     ``extra_rows`` (E, N, K) are further cotangents evaluated in the same pass (analyze uses it
     for the plain logit gradient); their gradients are returned as the second value.
@@ -104,7 +106,7 @@ def search_nearest(
                 extra.append(g)
                 continue
             m = r - n_extra
-            g_norm = norm(g.detach())
+            g_norm = dual_norm(g.detach(), norm)
             # a rival whose binarized gradient vanishes has its linearised boundary at infinity
             dist = torch.where(g_norm > 0, margins[:, m] / torch.where(g_norm > 0, g_norm, 1), math.inf)
             better = dist < best_dist
@@ -135,6 +137,7 @@ def nearest_rival(
     strategy: Strategy | None = None,
     create_graph: bool = False,
     check_range: bool = True,
+    norm: float | str = 2,
 ) -> NearestRival:
     """The nearest linearised decision boundary: j* and ρ̃ (Etmann et al. 2019, D2 and D6).
 
@@ -156,16 +159,19 @@ def nearest_rival(
         strategy: gradient strategy ("auto", "loop", "batched", "vmap"); see :data:`STRATEGIES`.
         create_graph: keep ``gradient`` differentiable.
         check_range: reject inputs outside [0, 1].
+        norm: the Lp norm of the distance (2; ``"inf"`` or 1: margins over ‖g_j‖_q, q the dual
+            exponent, docs/theory.md D6_p); ``gradient_norm`` is then ‖g_{j*}‖_q.
 
     Returns:
         :class:`NearestRival` with j*, ρ̃, the margin, g_{j*} and its norm, the logits and i.
     """
+    p = parse_norm(norm)
     check_model_and_inputs(model, x, check_range)
     cand = check_candidates(candidates)
     with eval_mode(model):
         graph = Graph(model, x, strategy=resolve_strategy(strategy), create_graph=create_graph)
         tgt = resolve_target(target, graph.logits)
-        result, _ = search_nearest(graph, tgt, cand)
+        result, _ = search_nearest(graph, tgt, cand, norm=p)
     warn_count(
         int((result.rival < 0).sum()), x.shape[0], "every rival has a zero binarized gradient; ρ̃ is NaN"
     )
@@ -190,6 +196,7 @@ def binarized_pair(
     rival: object,
     candidates: int | None,
     extra_rows: Tensor | None = None,
+    norm: float = 2.0,
 ) -> Pair:
     """Pick j per sample (``"nearest"``, ``"runner_up"`` or a tensor) and differentiate Ψ^i − Ψ^j.
 
@@ -205,7 +212,7 @@ def binarized_pair(
     elif rival == "runner_up":
         riv = ru
     else:  # "nearest"
-        res, extra = search_nearest(graph, target, candidates, extra_rows)
+        res, extra = search_nearest(graph, target, candidates, extra_rows, norm)
         found = res.rival >= 0
         margin = torch.where(found, res.margin, logit_gap(logits, target, ru))
         return Pair(res.gradient, margin, torch.where(found, res.rival, ru), res.rival, ru, extra)

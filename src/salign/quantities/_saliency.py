@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from salign._norms import parse_norm
 from salign._validation import eval_mode
 from salign.quantities._common import (
     Mode,
@@ -43,6 +44,7 @@ def saliency_map(
     strategy: str | None,
     check_range: bool,
     create_graph: bool = False,
+    norm: float = 2.0,
 ) -> Map:
     """:func:`saliency` with the differentiated value, the target and the rival beside the map.
 
@@ -61,7 +63,7 @@ def saliency_map(
             onehot = F.one_hot(tgt, graph.logits.shape[1]).to(graph.logits.dtype)
             grad = graph.vjp(onehot.unsqueeze(0), last=True)[0]
             return Map(grad, graph.detached_logits().gather(1, tgt[:, None])[:, 0], tgt, None)
-        pair = binarized_pair(graph, tgt, rival, cand)
+        pair = binarized_pair(graph, tgt, rival, cand, norm=norm)
         return Map(pair.gradient, pair.margin, tgt, pair.rival)
 
 
@@ -88,6 +90,7 @@ def saliency(
     candidates: int | None = None,
     strategy: Strategy | None = None,
     check_range: bool = True,
+    norm: float | str = 2,
 ) -> Tensor:
     """Signed saliency map: the input gradient of a logit, a logit difference, or the loss.
 
@@ -110,8 +113,13 @@ def saliency(
             highest-logit ones (None = all K − 1).
         strategy: gradient strategy for several classes ("auto", "loop", "batched", "vmap").
         check_range: reject inputs outside [0, 1].
+        norm: the norm in which ``rival="nearest"`` is nearest (2; ``"inf"`` or 1, as in
+            :func:`alignment` with that norm). The map itself does not depend on a norm.
 
     Returns:
         Tensor of x's shape, dtype and device.
     """
-    return saliency_map(model, x, target, mode, rival, candidates, strategy, check_range, create_graph).grad
+    p = parse_norm(norm)
+    return saliency_map(
+        model, x, target, mode, rival, candidates, strategy, check_range, create_graph, p
+    ).grad
