@@ -57,6 +57,8 @@ def test_t4_bound_holds_in_every_norm(p: float) -> None:
     x = torch.rand(64, 1, 8, 8, dtype=torch.float64)
     biased = salign.models.build("relu_mlp", input_shape=[1, 8, 8], hidden=[32, 32], num_classes=5).double()
     a = salign.analyze(biased, x, norm=p)
+    torch.testing.assert_close(salign.effective_bias(biased, x, norm=p), a.effective_bias)
+    torch.testing.assert_close(salign.linearized_robustness(biased, x, norm=p), a.linearized_robustness)
     excess = (a.alignment_binarized - a.linearized_robustness).abs() - a.bias_distance
     assert float(excess.max()) <= 1e-12
     assert float(a.bias_distance.max()) > 1e-3  # the bound is not vacuous here

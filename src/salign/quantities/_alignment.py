@@ -158,6 +158,7 @@ def effective_bias(
     candidates: int | None = None,
     strategy: Strategy | None = None,
     check_range: bool = True,
+    norm: float | str = 2,
 ) -> Tensor:
     """Effective bias β(x) = Ψ(x) − ⟨∇Ψ(x), x⟩ (Etmann et al. 2019, D7 / T3).
 
@@ -174,15 +175,17 @@ def effective_bias(
         rival, candidates, strategy: rival choice for ``mode="binarized"``, see :func:`saliency`
             (``candidates``: the number of rival classes searched for ``rival="nearest"``).
         check_range: reject inputs outside [0, 1].
+        norm: the norm in which ``rival="nearest"`` is nearest (β itself has no norm).
 
     Returns:
         (N,) tensor on x's device.
     """
+    p = parse_norm(norm)
     if mode not in ("logit", "binarized"):
         raise InputError(
             f"effective_bias needs mode 'logit' or 'binarized' (the loss is not homogeneous), got {mode!r}"
         )
-    sal = saliency_map(model, x, target, mode, rival, candidates, strategy, check_range)
+    sal = saliency_map(model, x, target, mode, rival, candidates, strategy, check_range, norm=p)
     return _beta(sal, x)
 
 
