@@ -145,8 +145,10 @@ def _load_strict(net: nn.Module, path: Path, arch: str, num_classes: int) -> Non
             for k, v in expected.items()
             if tuple(state[k].shape) != tuple(v.shape)
         }
-        file_classes = {f[0] for f, m in heads.values() if f[1:] == m[1:] and m[0] == num_classes and f}
-        if heads and len(file_classes) == 1:
+        # Only the classifier differs, and only in its first dimension (the number of classes).
+        head_like = [f for f, m in heads.values() if f and f[1:] == m[1:] and m[0] == num_classes]
+        file_classes = {f[0] for f in head_like}
+        if heads and len(head_like) == len(heads) and len(file_classes) == 1:
             k = next(iter(file_classes))
             key, (file_shape, _) = next(iter(heads.items()))
             raise CheckpointError(
