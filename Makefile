@@ -3,8 +3,9 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# Every pip call goes through this constraints file, so the CPU torch 2.13.0 is never swapped
-# for a multi-GB CUDA build by a dependency asking for plain `torch`.
+# Every pip call goes through this constraints file, so torch 2.14.1 + torchvision 0.29.1 (the
+# pair that imports together here; see docs/stack.md) are never swapped for a newer build by a
+# dependency asking for plain `torch`.
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 STAMP := $(VENV)/.installed-dev
@@ -14,7 +15,7 @@ STAMP := $(VENV)/.installed-dev
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
 
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt requirements-lock.txt
 	$(BIN)/pip install -q -r requirements-lock.txt

@@ -156,3 +156,14 @@ def test_efficientnet_lite0_real_weights_classify_real_photos() -> None:
         pred = model(x).argmax(1)
     assert 281 <= int(pred[0]) <= 285, "chelsea is a cat"
     assert int(pred[1]) == 967, "coffee is espresso"
+
+
+def test_torchvision_names_without_torchvision_say_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from salign.errors import MissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "torchvision", None)
+    monkeypatch.setitem(sys.modules, "torchvision.models", None)
+    with pytest.raises(MissingDependencyError, match=r"saliency-alignment\[vision\]"):
+        M.build("torchvision/resnet50")

@@ -1,22 +1,26 @@
 """Model registry, checkpoints, and the reference networks.
 
 ``build(name, **kwargs)`` makes a model by name; every model takes NCHW inputs in [0, 1] and
-returns logits. ``save``/``load`` write and read safetensors checkpoints whose metadata holds
-the model's name and keyword arguments, so loading never unpickles anything.
+returns logits; ``build("torchvision/<name>", weights=PATH)`` wraps any torchvision classifier
+(weights from a local file only). ``save``/``load`` write and read safetensors checkpoints whose
+metadata holds the model's name and keyword arguments, so loading never unpickles anything.
 """
 
 from __future__ import annotations
 
 from salign.models.checkpoint import load, load_state_dict_file, save
 from salign.models.efficientnet import efficientnet_lite0, efficientnet_lite0_available
-from salign.models.normalize import Normalize, Normalized
+from salign.models.normalize import CaffeNormalize, Normalize, Normalized
 from salign.models.registry import MODELS, available, build, spec_of
 from salign.models.resnet import ResNet18
 from salign.models.simple import Linear, ReLUCNN, ReLUMLP
 from salign.models.smallnet import SmallNet
+from salign.models.torchvision_models import torchvision_available, torchvision_model, torchvision_names
+from salign.models.weights import read_state_dict
 
 __all__ = [
     "MODELS",
+    "CaffeNormalize",
     "Linear",
     "Normalize",
     "Normalized",
@@ -30,6 +34,10 @@ __all__ = [
     "efficientnet_lite0_available",
     "load",
     "load_state_dict_file",
+    "read_state_dict",
     "save",
     "spec_of",
+    "torchvision_available",
+    "torchvision_model",
+    "torchvision_names",
 ]

@@ -20,6 +20,7 @@ from torch import nn
 from salign._io import atomic_path
 from salign.errors import CheckpointError, MissingFileError
 from salign.models.registry import build, spec_of
+from salign.models.weights import state_mismatch as _state_mismatch
 
 META_KEY = "salign_model"
 
@@ -83,25 +84,6 @@ def load(path: str | os.PathLike[str], *, map_location: str | torch.device = "cp
             f"{p}: weights do not match model {name!r} {kwargs}: {_state_mismatch(model, state)}"
         ) from exc
     return model.to(map_location).eval()
-
-
-def _state_mismatch(model: nn.Module, state: dict[str, torch.Tensor], examples: int = 3) -> str:
-    """One line saying how ``state`` differs from ``model``'s state dict (torch's message spans
-    several lines and lists every key)."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    reshaped = [
-        f"{k} is {tuple(state[k].shape)} in the file, {tuple(v.shape)} in the model"
-        for k, v in expected.items()
-        if k in state and tuple(state[k].shape) != tuple(v.shape)
-    ]
-    parts = []
-    for what, keys in (("missing", missing), ("unexpected", unexpected), ("with another shape", reshaped)):
-        if keys:
-            more = f", ... ({len(keys)} in all)" if len(keys) > examples else ""
-            parts.append(f"{what}: {', '.join(keys[:examples])}{more}")
-    return "; ".join(parts) or "incompatible tensors"
 
 
 def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:

@@ -1,4 +1,5 @@
-"""Models by name: ``build("smallnet")``, ``build("linear", bias=False)``."""
+"""Models by name: ``build("smallnet")``, ``build("linear", bias=False)``,
+``build("torchvision/resnet50", weights="resnet50.pth")``."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from salign.models.efficientnet import efficientnet_lite0
 from salign.models.resnet import ResNet18
 from salign.models.simple import Linear, ReLUCNN, ReLUMLP
 from salign.models.smallnet import SmallNet
+from salign.models.torchvision_models import PREFIX as TORCHVISION_PREFIX
+from salign.models.torchvision_models import file_sha256, torchvision_model
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "smallnet": SmallNet,
@@ -28,7 +31,8 @@ SPEC_ATTR = "_salign_spec"
 
 
 def available() -> list[str]:
-    """Names accepted by :func:`build`."""
+    """Names of salign's own models accepted by :func:`build` (besides ``torchvision/<name>``,
+    see :func:`salign.models.torchvision_names`)."""
     return sorted(MODELS)
 
 
@@ -37,11 +41,18 @@ def build(name: str, **kwargs: Any) -> nn.Module:
 
     Args:
         name: one of :func:`available` (``"smallnet"``, ``"linear"``, ``"relu_mlp"``,
-            ``"relu_cnn"``, ``"resnet18"``, ``"efficientnet_lite0"``).
+            ``"relu_cnn"``, ``"resnet18"``, ``"efficientnet_lite0"``), or
+            ``"torchvision/<name>"`` for any torchvision classifier (needs the ``vision`` extra;
+            keywords ``weights=PATH``, ``num_classes``, ``normalization``: see
+            :func:`salign.models.torchvision_models.torchvision_model`).
         **kwargs: the model's constructor arguments (e.g. ``bias=False``, ``num_classes=10``).
     """
+    if name.startswith(TORCHVISION_PREFIX):
+        return _build_torchvision(name, kwargs)
     if name not in MODELS:
-        raise ConfigError(f"unknown model {name!r}; available models: {', '.join(available())}")
+        raise ConfigError(
+            f"unknown model {name!r}; available models: {', '.join(available())}, or torchvision/<name>"
+        )
     factory = MODELS[name]
     params = inspect.signature(factory).parameters
     unknown = sorted(set(kwargs) - set(params))
@@ -52,6 +63,22 @@ def build(name: str, **kwargs: Any) -> nn.Module:
     kwargs = {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}
     model = factory(**kwargs)
     setattr(model, SPEC_ATTR, {"name": name, "kwargs": kwargs})
+    return model
+
+
+def _build_torchvision(name: str, kwargs: dict[str, Any]) -> nn.Module:
+    """``torchvision/<arch>``: the spec records the architecture arguments and where the weights
+    came from (file and SHA-256), but not the weights path as an argument: a saved checkpoint
+    holds the weights, so loading it never needs the original file."""
+    kwargs = {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}
+    weights = kwargs.pop("weights", None)
+    kwargs.setdefault("num_classes", 1000)
+    kwargs.setdefault("normalization", "imagenet")
+    model = torchvision_model(name[len(TORCHVISION_PREFIX) :], weights=weights, **kwargs)
+    spec: dict[str, Any] = {"name": name, "kwargs": kwargs}
+    if weights is not None:
+        spec["weights_from"] = {"file": str(weights), "sha256": file_sha256(weights)}
+    setattr(model, SPEC_ATTR, spec)
     return model
 
 
