@@ -113,7 +113,8 @@ def exact_robustness(
     ``a ≥ ẑ, a ≥ 0, a ≤ u·z, a ≤ ẑ − l·(1 − z)`` (big-M), units with u ≤ 0 are dropped and
     units with l ≥ 0 are linear. Bounds come from interval arithmetic over the box
     ``[0, 1]^d ∩ {‖δ‖_∞ ≤ r}``, r the best distance so far (valid in every norm since
-    ‖δ‖_∞ ≤ ‖δ‖_p), so a good starting point makes most units stable. The objective is
+    ‖δ‖_∞ ≤ ‖δ‖_p), the first layer's also cut to the Lp ball (``|⟨w, δ⟩| ≤ r‖w‖_q``), so a
+    good starting point makes most units stable. The objective is
     linear for L∞ (min t, −t ≤ δ_i ≤ t) and L1 (min Σ t_i); for L2 it is a second-order cone
     (min t, ‖δ‖₂ ≤ t, a mixed-integer convex quadratic program; HiGHS solves MILPs and convex
     QPs but not MIQPs, so L2 uses SCIP).
@@ -378,7 +379,7 @@ def _solve_sample(
         radius = best
         lo, hi = _box(x64, radius)
         if bounds_for is None or bounds_for[0] != radius:
-            bounds_for = (radius, interval_bounds(net, lo, hi))
+            bounds_for = (radius, interval_bounds(net, lo, hi, x64, radius, p))
         bounds = bounds_for[1]
         diff = w_last[j] - w_last[y]
         h_lo, h_hi = bounds[-1]

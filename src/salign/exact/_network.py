@@ -3,6 +3,7 @@ interval bounds of its neurons over a box."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -125,16 +126,33 @@ def extract(model: nn.Module, sample_shape: tuple[int, ...]) -> AffineNet:
     return AffineNet(tuple(weights), tuple(biases))
 
 
-def interval_bounds(net: AffineNet, lo: np.ndarray, hi: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+def interval_bounds(
+    net: AffineNet,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    x: np.ndarray | None = None,
+    radius: float = math.inf,
+    p: float = math.inf,
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Interval-arithmetic bounds ``(l, u)`` of every hidden layer's pre-activations for inputs in
     the box ``[lo, hi]``, and last the bounds of the hidden output fed to the last affine map
-    (post-ReLU)."""
+    (post-ReLU).
+
+    With ``x`` and a finite ``radius``, the first layer's bounds are also intersected with the
+    Lp ball ‖x' − x‖_p ≤ radius: ``|⟨w, x' − x⟩| ≤ radius·‖w‖_q`` (Hölder), much tighter than
+    the box for L2 and L1, where the box is the L∞ ball of the same radius.
+    """
     out = []
     h_lo, h_hi = lo, hi
-    for w, b in zip(net.weights[:-1], net.biases[:-1], strict=True):
+    for k, (w, b) in enumerate(zip(net.weights[:-1], net.biases[:-1], strict=True)):
         wp, wn = np.maximum(w, 0.0), np.minimum(w, 0.0)
         l = wp @ h_lo + wn @ h_hi + b
         u = wp @ h_hi + wn @ h_lo + b
+        if k == 0 and x is not None and math.isfinite(radius):
+            q = 1.0 if math.isinf(p) else (math.inf if p == 1 else p / (p - 1))
+            centre = w @ x + b
+            spread = radius * np.linalg.norm(w, ord=q, axis=1)
+            l, u = np.maximum(l, centre - spread), np.minimum(u, centre + spread)
         out.append((l, u))
         h_lo, h_hi = np.maximum(l, 0.0), np.maximum(u, 0.0)
     out.append((h_lo, h_hi))
