@@ -1,0 +1,235 @@
+"""salign.exact: the MIP oracle of ρ_p against closed forms, against the attacks, and on bad input."""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+import salign
+from _attacks_helpers import exact_linear_rho, near_tie_linear_problem
+from salign.errors import InputError, MissingDependencyError
+from salign.exact import exact_robustness
+from salign.models import Normalize
+
+NORMS = [2.0, math.inf, 1.0]
+
+
+def solver_for(p: float) -> str:
+    """The solver ``auto`` picks, skipping the test where it is not installed."""
+    if p == 2:
+        pytest.importorskip("pyscipopt")
+        return "scip"
+    pytest.importorskip("highspy")
+    return "highs"
+
+
+def assert_verified(model: nn.Module, x: torch.Tensor, r: salign.exact.ExactResult) -> None:
+    """Every point is in the box, classified ≠ label by a float64 forward, at its distance."""
+    assert r.success.all()
+    assert float(r.adv.min()) >= 0 and float(r.adv.max()) <= 1
+    m64 = copy.deepcopy(model).double()
+    with torch.no_grad():
+        logits = m64(r.adv.double())
+    assert (logits.argmax(1) != r.labels).all()
+    d = (r.adv.double() - x.double()).flatten(1).norm(p=r.norm, dim=1)
+    torch.testing.assert_close(d, r.distance, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("p", NORMS, ids=["L2", "Linf", "L1"])
+def test_exact_matches_the_linear_closed_form(p: float) -> None:
+    """Bias-free linear model near a tie point: ρ_p = min_j |f_j| / ‖w_j‖_q (Lemma P), inside the
+    box; distance and lower bound within 1e-6 relative."""
+    solver = solver_for(p)
+    model, x, w = near_tie_linear_problem(n=4, seed=1)
+    r = exact_robustness(model, x, norm=p, gap=1e-6, solver=solver, start=None, time_limit=20)
+    rho = exact_linear_rho(w, x, p)
+    assert r.status == ("optimal",) * 4
+    torch.testing.assert_close(r.distance, rho, rtol=1e-6, atol=0)
+    torch.testing.assert_close(r.lower_bound, rho, rtol=1e-6, atol=0)
+    assert (r.lower_bound <= r.distance).all()
+    assert_verified(model, x, r)
+
+
+@pytest.mark.parametrize("p", NORMS, ids=["L2", "Linf", "L1"])
+def test_exact_with_biases_and_normalize(p: float) -> None:
+    """A biased linear model behind salign's Normalize: the distance to the nearest hyperplane
+    ⟨w_c − w_j, x⟩ + b_c − b_j = 0, with w and b those of the composed affine map."""
+    solver = solver_for(p)
+    g = torch.Generator().manual_seed(3)
+    d, k = 16, 4
+    lin = nn.Linear(d, k).double()
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(k, d, generator=g, dtype=torch.float64))
+        lin.bias.copy_(0.1 * torch.randn(k, generator=g, dtype=torch.float64))
+    model = nn.Sequential(Normalize([0.5], [0.25]), nn.Sequential(nn.Flatten(), lin)).double()
+    x = (0.45 + 0.1 * torch.rand(5, 1, 4, 4, generator=g, dtype=torch.float64)).contiguous()
+    # composed map: W (x − 0.5)/0.25 + b = (4W) x + (b − 2 W·1)
+    w_eff = 4 * lin.weight.detach()
+    b_eff = lin.bias.detach() - 2 * lin.weight.detach().sum(1)
+    z = x.flatten(1) @ w_eff.T + b_eff
+    c = z.argmax(1)
+    q = {2.0: 2.0, math.inf: 1.0, 1.0: math.inf}[p]
+    ratio = (z.gather(1, c[:, None]) - z) / (w_eff[c][:, None, :] - w_eff[None]).norm(p=q, dim=2)
+    ratio[torch.arange(len(x)), c] = math.inf
+    rho = ratio.min(1).values
+    r = exact_robustness(model, x, norm=p, gap=1e-6, solver=solver, start=None, time_limit=20)
+    assert all(s == "optimal" for s in r.status)
+    # the closed form holds where its minimiser stays in the box (x ∈ [0.45, 0.55]: a move of at
+    # most 0.45 per coordinate is safe in every norm)
+    inside = rho < 0.45
+    assert inside.sum() >= 2
+    torch.testing.assert_close(r.distance[inside], rho[inside], rtol=1e-6, atol=0)
+    assert (r.distance >= rho * (1 - 1e-6)).all()  # the box can only make ρ larger
+    assert_verified(model, x, r)
+
+
+def tiny_mlp(seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(9, 8), nn.ReLU(), nn.Linear(8, 3)).double()
+    x = torch.rand(3, 1, 3, 3, dtype=torch.float64)
+    return model, x
+
+
+@pytest.mark.filterwarnings("ignore:robustness.*no verified adversarial point")
+@pytest.mark.parametrize("p", NORMS, ids=["L2", "Linf", "L1"])
+def test_attacks_never_beat_the_exact_minimum(p: float) -> None:
+    """On a tiny ReLU MLP every verified attack distance is ≥ the proven lower bound, and the MIP
+    point is itself verified adversarial."""
+    solver = solver_for(p)
+    model, x = tiny_mlp()
+    r = exact_robustness(model, x, norm=p, solver=solver, time_limit=20)
+    assert r.status == ("optimal",) * len(x)
+    assert (r.gap <= 1e-4).all() and (r.lower_bound <= r.distance).all()
+    assert_verified(model, x, r)
+    a = salign.robustness(model, x, norm=p, budget="fast", quiet=True)
+    ok = a.success
+    assert (a.distance[ok] >= r.lower_bound[ok] * (1 - 1e-6)).all()
+    # …and the exact distance is no worse than the attack's beyond the requested gap
+    assert (r.distance[ok] <= a.distance[ok] * (1 + 1e-4)).all()
+
+
+def test_start_points_only_speed_it_up() -> None:
+    """A start from the attack, or none at all, gives the same ρ (within the gap)."""
+    solver = solver_for(math.inf)
+    model, x = tiny_mlp(2)
+    a = salign.robustness(model, x, norm="inf", budget="fast", quiet=True)
+    r0 = exact_robustness(model, x, norm="inf", solver=solver, start=None)
+    r1 = exact_robustness(model, x, norm="inf", solver=solver, start=a.adv)
+    torch.testing.assert_close(r0.distance, r1.distance, rtol=1e-4, atol=1e-12)
+    assert r0.status == r1.status == ("optimal",) * len(x)
+
+
+def test_unreachable_classes_are_infeasible() -> None:
+    """A net that predicts one class on all of [0, 1]^9 (checked on 20000 random points and the
+    corners): ρ = ∞, status infeasible, the lower bound ∞ too."""
+    solver = solver_for(math.inf)
+    model, x = tiny_mlp(1)
+    corners = torch.cartesian_prod(*[torch.tensor([0.0, 1.0], dtype=torch.float64)] * 9)
+    probe = torch.cat([torch.rand(20000, 9, dtype=torch.float64), corners]).view(-1, 1, 3, 3)
+    with torch.no_grad():
+        assert model(probe).argmax(1).unique().numel() == 1
+    r = exact_robustness(model, x, norm="inf", solver=solver)
+    assert r.status == ("infeasible",) * len(x)
+    assert torch.isinf(r.distance).all() and torch.isinf(r.lower_bound).all() and not r.success.any()
+
+
+def test_misclassified_samples_get_zero() -> None:
+    solver = solver_for(math.inf)
+    model, x = tiny_mlp()
+    with torch.no_grad():
+        pred = model(x).argmax(1)
+    wrong = (pred + 1) % 3
+    r = exact_robustness(model, x, wrong, norm="inf", solver=solver)
+    assert r.status == ("misclassified",) * len(x)
+    assert (r.distance == 0).all() and torch.equal(r.adv, x)
+
+
+def test_unsupported_layer_is_named() -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(9, 4), nn.Sequential(nn.Tanh()), nn.Linear(4, 2))
+    with pytest.raises(InputError, match=r"Tanh at '2\.0'"):
+        exact_robustness(model, torch.rand(1, 9), norm="inf", solver="auto")
+
+
+def test_custom_forward_is_rejected() -> None:
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x) * 2
+
+    with pytest.raises(InputError, match="unsupported layer Twice"):
+        exact_robustness(Twice(), torch.rand(1, 4))
+
+
+def test_linear_without_flatten_is_explained() -> None:
+    model = nn.Sequential(nn.Linear(3, 2))
+    with pytest.raises(InputError, match="add nn.Flatten"):
+        exact_robustness(model, torch.rand(1, 1, 3, 3))
+
+
+@pytest.mark.parametrize("norm", [3, "l0", -1, True])
+def test_unknown_norm(norm: object) -> None:
+    with pytest.raises(InputError, match="norm must be 1, 2 or inf"):
+        exact_robustness(nn.Sequential(nn.Linear(4, 2)), torch.rand(1, 4), norm=norm)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"solver": "gurobi"}, "solver must be"),
+        ({"solver": "highs", "norm": 2}, "HiGHS has no mixed-integer QP"),
+        ({"time_limit": 0}, "time_limit must be"),
+        ({"gap": 1.5}, "gap must be"),
+        ({"start": "fmn"}, "start must be"),
+    ],
+)
+def test_bad_options(kwargs: dict[str, object], match: str) -> None:
+    pytest.importorskip("highspy")
+    pytest.importorskip("pyscipopt")
+    with pytest.raises(InputError, match=match):
+        exact_robustness(nn.Sequential(nn.Linear(4, 2)), torch.rand(1, 4), **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("solver", "missing", "norm"),
+    [("highs", ["highspy"], "inf"), ("scip", ["pyscipopt"], 2), ("auto", ["highspy", "pyscipopt"], 1)],
+)
+def test_missing_solver_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch, solver: str, missing: list[str], norm: object
+) -> None:
+    for module in missing:
+        monkeypatch.setitem(sys.modules, module, None)  # import raises ImportError
+    with pytest.raises(MissingDependencyError, match=r"pip install 'saliency-alignment\[exact\]'"):
+        exact_robustness(nn.Sequential(nn.Linear(4, 2)), torch.rand(1, 4), norm=norm, solver=solver)  # type: ignore[arg-type]
+
+
+def test_auto_falls_back_to_scip_without_highs(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("pyscipopt")
+    monkeypatch.setitem(sys.modules, "highspy", None)
+    model, x = tiny_mlp()
+    r = exact_robustness(model, x[:1], norm="inf")
+    assert r.solver == "scip" and r.status == ("optimal",)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("p", NORMS, ids=["L2", "Linf", "L1"])
+def test_two_hidden_layers_against_the_ensemble(p: float) -> None:
+    """A two-layer MLP on 4×4 inputs, standard budget: the ensemble never beats the proof."""
+    solver = solver_for(p)
+    torch.manual_seed(2)
+    model = nn.Sequential(
+        nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 12), nn.ReLU(), nn.Linear(12, 4)
+    ).double()
+    x = torch.rand(4, 1, 4, 4, dtype=torch.float64)
+    r = exact_robustness(model, x, norm=p, solver=solver, time_limit=60)
+    assert_verified(model, x, r)
+    a = salign.robustness(model, x, norm=p, quiet=True)
+    ok = a.success
+    assert (a.distance[ok] >= r.lower_bound[ok] * (1 - 1e-6)).all()
