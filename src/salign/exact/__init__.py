@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from salign._norms import parse_norm
 from salign._progress import progress_bar
 from salign._validation import check_inputs, check_labels, check_model, eval_mode
-from salign.attacks._ops import parse_norm
 from salign.errors import InputError, InputTypeError
 from salign.exact._milp import (
     INSTALL_HINT,
