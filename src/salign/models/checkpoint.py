@@ -14,12 +14,13 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import safe_open, save_file
 from torch import nn
 
 from salign._io import atomic_path
 from salign.errors import CheckpointError, MissingFileError
 from salign.models.registry import build, spec_of
+from salign.models.weights import read_state_dict
 from salign.models.weights import state_mismatch as _state_mismatch
 
 META_KEY = "salign_model"
@@ -87,27 +88,13 @@ def load(path: str | os.PathLike[str], *, map_location: str | torch.device = "cp
 
 
 def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """Read a state dict without executing code: safetensors, or torch files with ``weights_only``.
+    """Read a state dict without executing code: safetensors, or torch files with ``weights_only``
+    (:func:`salign.models.read_state_dict`, which also unwraps ``{"state_dict": ...}`` files).
 
     A pickle that asks for anything but tensors (a malicious checkpoint) is refused with a
     :class:`CheckpointError`.
     """
-    p = _existing(path)
-    if p.suffix == ".safetensors":
-        try:
-            return load_file(str(p))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError(f"{p} is not a readable safetensors file: {exc}") from exc
-    try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError...
-        raise CheckpointError(
-            f"refusing to load {p}: it is not a plain tensor checkpoint ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}); salign never unpickles code"
-        ) from exc
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{p} does not hold a state dict of tensors")
-    return state
+    return read_state_dict(_existing(path))
 
 
 def _existing(path: str | os.PathLike[str]) -> Path:
