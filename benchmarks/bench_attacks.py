@@ -45,13 +45,13 @@ CACHE = ROOT / "benchmarks" / ".cache"
 DOC = ROOT / "docs" / "benchmarks" / "attacks.md"
 
 
-def train_smallnet(lam: float, *, epochs: int, seed: int) -> torch.nn.Module:
-    """Plain Adam training on MNIST (batch 100); λ > 0 adds λ·mean‖∇_x CE‖₂² (double backprop)."""
+def fit(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam: float, epochs: int
+) -> torch.nn.Module:
+    """Plain Adam training (lr 1e-3, batch 100); λ > 0 adds λ·mean‖∇_x CE‖₂² (double backprop).
+    The caller seeds torch first (the batch order draws from it)."""
     from salign.training import gradient_norm_penalty
 
-    torch.manual_seed(seed)
-    x, y = salign.data.load("mnist", "train")
-    model = build("smallnet")
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     model.train()
     for epoch in range(epochs):
@@ -69,6 +69,13 @@ def train_smallnet(lam: float, *, epochs: int, seed: int) -> torch.nn.Module:
             opt.step()
         print(f"  trained epoch {epoch + 1}/{epochs} (λ={lam})", file=sys.stderr)
     return model.eval()
+
+
+def train_smallnet(lam: float, *, epochs: int, seed: int) -> torch.nn.Module:
+    """A SmallNet trained on MNIST by :func:`fit`."""
+    torch.manual_seed(seed)
+    x, y = salign.data.load("mnist", "train")
+    return fit(build("smallnet"), x, y, lam=lam, epochs=epochs)
 
 
 def get_model(lam: float, epochs: int) -> torch.nn.Module:

@@ -37,7 +37,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import salign
+from bench_attacks import fit
 from salign.exact import exact_robustness
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,29 +68,13 @@ def mlp(size: int, hidden: list[int]) -> nn.Sequential:
 
 
 def train(size: int, hidden: list[int], lam: float, epochs: int, seed: int = 0) -> nn.Sequential:
-    """Adam (lr 1e-3, batch 100); λ > 0 adds λ·mean‖∇_x CE‖₂² (double backprop)."""
-    from salign.training import gradient_norm_penalty
-
+    """The MLP trained on downsampled MNIST by bench_attacks.py's :func:`fit` (Adam, batch 100;
+    λ > 0 adds the double-backprop penalty)."""
     torch.manual_seed(seed)
     x, y = salign.data.load("mnist", "train")
-    x = downsample(x, size)
-    model = mlp(size, hidden)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    model.train()
-    for epoch in range(epochs):
-        perm = torch.randperm(len(x))
-        for i in range(0, len(x), 100):
-            idx = perm[i : i + 100]
-            if lam > 0:
-                penalty, ce = gradient_norm_penalty(model, x[idx], y[idx], return_loss=True)
-                loss = ce + lam * penalty
-            else:
-                loss = F.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        print(f"  trained epoch {epoch + 1}/{epochs} (λ={lam})", file=sys.stderr)
-    return model.eval()
+    model = fit(mlp(size, hidden), downsample(x, size), y, lam=lam, epochs=epochs)
+    assert isinstance(model, nn.Sequential)
+    return model
 
 
 def get_model(size: int, hidden: list[int], lam: float, epochs: int) -> nn.Sequential:
