@@ -213,7 +213,7 @@ def _run_plan(
     per_attack: dict[str, AttackResult] = {}
     flags = {k: torch.zeros_like(attacked) for k in ("zero_gradient", "nonfinite_logits", "nondeterministic")}
     for i, run in enumerate(runs):
-        start = {"x": None, "best": best.start(), "chain": chain.start()}[run.start]
+        start = None if run.start == "x" else (best if run.start == "best" else chain).start()
         polish_steps = refinement.polish_steps if run.polish != "none" else 0
         result, per_sample = attack_chunk(
             run.attack,
