@@ -47,7 +47,7 @@ import salign
 from salign import models
 from salign.training import train
 from salign.training.penalty import penalty_terms
-from salign.training.trainer import penalty_mask
+from salign.training.batches import penalty_mask
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "benchmarks" / "training.md"

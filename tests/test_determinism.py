@@ -49,7 +49,7 @@ TINY_STUDY: dict[str, Any] = {
     "attacks": {"names": ["deepfool", "ddn"], "budget": "fast", "steps": 10},
     "report": {"n_bootstrap": 100, "linear_sanity": False},
 }
-TIME_COLUMNS = {"seconds", "seconds_analyze", "seconds_attacks", "time", "wall_seconds"}
+TIME_COLUMNS = {"seconds", "images_per_second", "seconds_analyze", "seconds_attacks", "time", "wall_seconds"}
 
 
 def read_table(path: Path) -> list[dict[str, str]]:

@@ -54,5 +54,5 @@ def test_two_gloo_ranks_match_one_process(tmp_path: Path) -> None:
             ddp_rows = (Path(dirs[i]) / "train_log.csv").read_text().splitlines()[1:]
             one_rows = (tmp_path / f"single{i}" / "train_log.csv").read_text().splitlines()[1:]
             for a, b in zip(ddp_rows, one_rows, strict=True):
-                va, vb = [float(v) for v in a.split(",")[:-1]], [float(v) for v in b.split(",")[:-1]]
+                va, vb = [float(v) for v in a.split(",")[:-2]], [float(v) for v in b.split(",")[:-2]]
                 assert va == pytest.approx(vb, rel=1e-4, abs=1e-6)

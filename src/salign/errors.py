@@ -43,3 +43,7 @@ class MissingDependencyError(SalignError, ImportError):
 
 class ModelOutputError(SalignError, ValueError):
     """The model returned something that is not an (N, K) tensor of finite logits."""
+
+
+class TrainingError(SalignError, RuntimeError):
+    """Training cannot go on (e.g. a non-finite loss); the last good state is kept on disk."""

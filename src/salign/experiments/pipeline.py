@@ -180,7 +180,7 @@ def train_stage(
             paths[tag] = final
             continue
         tcfg = cfg.train_config(lam)
-        if data is None:
+        if data is None and tcfg.data.stream is None:  # streamed data is read by each run
             data = load_data(tcfg)
         t0 = time.perf_counter()
         paths[tag] = train(tcfg, run_dir=model_dir, resume=True, data=data, quiet=quiet)

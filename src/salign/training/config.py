@@ -34,6 +34,41 @@ class ModelConfig(_Strict):
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
+class StreamConfig(_Strict):
+    """Stream an ImageFolder tree from disk (decoded per item by ``DataLoader`` workers).
+
+    ``augment``: ``paper`` (short side to a random integer in ``rescale``, random ``crop``, hue
+    ±``hue``, flip; Etmann et al. 2019 §4), ``standard`` (random resized ``crop`` + flip) or
+    ``none``. Validation uses resize ``eval_resize`` + centre crop ``eval_crop``.
+    ``train_list``/``val_list``: optional ``path label`` files (paths relative to the split
+    folder) that fix the images and labels; else the sorted class folders give the labels.
+    ``on_error``: an unreadable image stops training naming it (``raise``) or is logged and
+    skipped (``skip``). ``pin_memory`` defaults to "when CUDA is available".
+    """
+
+    augment: Literal["paper", "standard", "none"] = "paper"
+    crop: int = Field(default=256, ge=1)
+    rescale: tuple[int, int] = (258, 512)
+    hue: float = Field(default=0.06, ge=0, le=0.5)
+    eval_resize: int = Field(default=256, ge=1)
+    eval_crop: int = Field(default=256, ge=1)
+    workers: int = Field(default=2, ge=0)
+    pin_memory: bool | None = None
+    train_list: str | None = None
+    val_list: str | None = None
+    on_error: Literal["raise", "skip"] = "raise"
+
+    @model_validator(mode="after")
+    def _sizes(self) -> StreamConfig:
+        if self.augment == "paper" and not self.crop <= self.rescale[0] < self.rescale[1]:
+            raise ValueError(
+                f"paper augmentation needs crop <= rescale[0] < rescale[1], got {self.crop}, {self.rescale}"
+            )
+        if self.eval_crop > self.eval_resize:
+            raise ValueError(f"eval_crop {self.eval_crop} exceeds eval_resize {self.eval_resize}")
+        return self
+
+
 class DataConfig(_Strict):
     """Dataset read with :func:`salign.data.load` (offline).
 
@@ -51,6 +86,18 @@ class DataConfig(_Strict):
     train_subset: int | None = Field(default=None, ge=1, description="use the first N training images")
     val_subset: int | None = Field(default=1000, ge=1, description="validate on the first N images")
     options: dict[str, Any] = Field(default_factory=dict, description="extra salign.data.load options")
+    stream: StreamConfig | None = Field(default=None, description="stream an imagefolder from disk")
+
+    @model_validator(mode="after")
+    def _streamable(self) -> DataConfig:
+        if self.stream is not None:
+            if self.name != "imagefolder":
+                raise ValueError(f"data.stream needs data.name 'imagefolder', got {self.name!r}")
+            if self.data_dir is None:
+                raise ValueError("data.stream needs data.data_dir (the ImageFolder root)")
+            if self.holdout is not None or self.options:
+                raise ValueError("data.holdout and data.options do not apply to a streamed imagefolder")
+        return self
 
 
 class OptimizerConfig(_Strict):
@@ -126,7 +173,10 @@ class TrainConfig(_Strict):
     regularizer: RegularizerConfig = Field(default_factory=RegularizerConfig)
     adversarial: AdversarialConfig = Field(default_factory=AdversarialConfig)
     epochs: int = Field(default=10, ge=1)
-    batch_size: int = Field(default=100, ge=1)
+    batch_size: int = Field(default=100, ge=1, description="global batch (over all ranks)")
+    accumulation_steps: int = Field(default=1, ge=1, description="micro-batches per rank and step")
+    precision: Literal["fp32", "bf16"] = "fp32"
+    channels_last: bool = False
     seed: int = 0
     checkpoint_every_steps: int | None = Field(default=None, ge=1)
     num_threads: int | None = Field(default=None, ge=1)

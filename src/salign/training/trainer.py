@@ -9,9 +9,15 @@
   ``checkpoint_every_steps`` steps; a rerun with ``resume=True`` continues from it;
 - ``train_log.csv``: one row per epoch (rewritten atomically); ``config.yaml``; ``tensorboard/``.
 
-Determinism: batches are a permutation drawn from a ``torch.Generator`` seeded by
-``(seed, epoch)`` (no DataLoader workers), and the global RNG (Dropout, PGD starts) is saved in
-the state, so on CPU a killed-and-resumed run ends with bit-identical weights.
+The trainer is three concepts: where batches come from (:mod:`salign.training.batches`:
+in-memory tensors, or an ImageFolder streamed through ``DataLoader`` workers with ``data.stream``),
+how one step is computed (:mod:`salign.training.step`: penalty or adversarial objective, bf16
+autocast, micro-batches for gradient accumulation), and the loop with its checkpoints (here).
+
+Determinism: batches follow a plan that is a function of (seed, epoch, step) only, streamed
+items are augmented under a seed of (seed, epoch, index), and the global RNG (Dropout, PGD
+starts) is saved in the state, so on CPU a run killed mid-epoch and resumed ends with
+bit-identical weights, with or without loader workers.
 
 Distributed: run the same entry point under ``torchrun --nproc_per_node=N``. Each rank takes a
 disjoint shard of every global batch (as ``DistributedSampler`` would), the model is wrapped in
@@ -30,7 +36,7 @@ import io
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,16 +45,24 @@ import torch
 import torch.nn.functional as F
 import yaml
 from torch import Tensor, nn
+from torch.utils.data import Subset
 
 from salign._io import write_text_atomic
 from salign._progress import progress_bar
 from salign._validation import check_inputs, check_labels, check_model_on, eval_mode
-from salign.errors import CheckpointError, ConfigError, DataError, InputTypeError
+from salign.errors import CheckpointError, ConfigError, DataError, InputTypeError, TrainingError
 from salign.training import distributed as dist_util
-from salign.training.adversarial import ddn_examples, pgd_l2_examples
+from salign.training.batches import (
+    Batch,
+    BatchSource,
+    DatasetBatches,
+    Plan,
+    TensorBatches,
+    evaluation_batches,
+)
 from salign.training.config import TrainConfig, config_from_dict, load_config, lr_at
-from salign.training.penalty import penalty_terms
 from salign.training.state import TrainState, load_state, save_state
+from salign.training.step import StepStats, autocast, step_objective
 
 STATE_FILE = "state.safetensors"
 MODEL_FILE = "checkpoint.safetensors"
@@ -65,6 +79,7 @@ LOG_COLUMNS = (
     "val_cross_entropy",
     "val_grad_norm",
     "seconds",
+    "images_per_second",
 )
 
 TrainData = tuple[Tensor, Tensor, Tensor, Tensor]
@@ -103,162 +118,14 @@ def load_data(config: TrainConfig) -> TrainData:
     return x_tr, y_tr, x_va, y_va
 
 
-def epoch_permutation(n: int, seed: int, epoch: int) -> Tensor:
-    """The order of the training examples in ``epoch``: a function of (seed, epoch) only."""
-    g = torch.Generator().manual_seed((seed * 1_000_003 + epoch * 7_919 + 12_345) % (2**63))
-    return torch.randperm(n, generator=g)
-
-
-def global_batches(n: int, batch_size: int, world_size: int) -> int:
-    """Number of global batches per epoch (a last batch smaller than the world size is dropped)."""
-    full, rest = divmod(n, batch_size)
-    return full + (1 if rest >= world_size else 0)
-
-
-@contextlib.contextmanager
-def _batchnorm_running(model: nn.Module) -> Iterator[None]:
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    flags = [m.training for m in bns]
-    for m in bns:
-        m.eval()
-    try:
-        yield
-    finally:
-        for m, f in zip(bns, flags, strict=True):
-            m.training = f
-
-
-@dataclass
-class StepStats:
-    """Detached local sums of one step (summed over ranks at the end of the epoch)."""
-
-    ce_sum: float
-    penalty_sum: float
-    penalty_count: int
-    grad_norm_sum: float
-    grad_norm_count: int
-    correct: int
-    count: int
-
-
-def step_objective(
-    model: nn.Module,
-    inner: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    config: TrainConfig,
-    *,
-    global_batch: int,
-    global_penalised: int,
-    world_size: int,
-    penalised: Tensor | None = None,
-) -> tuple[Tensor, StepStats]:
-    """This rank's share of the step objective (differentiable) and its statistics.
-
-    The objective is scaled so that DDP's average over ranks equals
-    ``mean_B CE + λ·mean_{penalised} penalty`` on the global batch.
-    ``model`` may be the DDP wrapper (its forward runs once); ``inner`` is the bare module used
-    for any further forward of the step. ``penalised`` (bool, (n,)) marks the examples that
-    get the penalty (default: all); ``global_penalised`` is their number over all ranks.
-    """
-    reg, adv = config.regularizer, config.adversarial
-    scale_ce = world_size / global_batch
-    n = x.shape[0]
-
-    if adv.method != "none":
-        ctx = eval_mode(inner) if adv.attack_mode == "eval" else contextlib.nullcontext()
-        with ctx:
-            if adv.method == "pgd_l2":
-                x_adv = pgd_l2_examples(
-                    inner, x, y, epsilon=adv.epsilon, steps=adv.steps, step_size=adv.step_size,
-                    random_start=adv.random_start,
-                )  # fmt: skip
-            else:
-                x_adv = ddn_examples(inner, x, y, max_norm=adv.epsilon, steps=adv.steps, gamma=adv.gamma)
-        for p in inner.parameters():  # the attack never leaves parameter gradients behind
-            p.grad = None
-        if adv.clean_weight > 0:
-            logits = model(torch.cat([x_adv, x]))
-            ce_all = F.cross_entropy(logits, torch.cat([y, y]), reduction="none")
-            ce = (1 - adv.clean_weight) * ce_all[:n] + adv.clean_weight * ce_all[n:]
-            correct = int((logits[n:].detach().argmax(1) == y).sum())
-        else:
-            logits = model(x_adv)
-            ce = F.cross_entropy(logits, y, reduction="none")
-            correct = int((logits.detach().argmax(1) == y).sum())
-        obj = ce.sum() * scale_ce
-        return obj, StepStats(float(ce.detach().sum()), 0.0, 0, 0.0, 0, correct, n)
-
-    if reg.lambda_ == 0:
-        logits = model(x)
-        ce = F.cross_entropy(logits, y, reduction="none")
-        correct = int((logits.detach().argmax(1) == y).sum())
-        return ce.sum() * scale_ce, StepStats(float(ce.detach().sum()), 0.0, 0, 0.0, 0, correct, n)
-
-    mask = penalised if penalised is not None else torch.ones(n, dtype=torch.bool, device=x.device)
-    k = int(mask.sum())
-    opts = {
-        "p": reg.p, "method": reg.method, "target": reg.target, "scaling": reg.scaling, "h": reg.h,
-        "batch_size": global_batch,
-    }  # fmt: skip
-    if k == 0:  # no penalised example on this rank in this step
-        logits = model(x)
-        ce = F.cross_entropy(logits, y, reduction="none")
-        correct = int((logits.detach().argmax(1) == y).sum())
-        return ce.sum() * scale_ce, StepStats(float(ce.detach().sum()), 0.0, 0, 0.0, 0, correct, n)
-    x_pen, y_pen = (x, y) if k == n else (x[mask], y[mask])
-    if reg.batchnorm == "running":
-        logits = model(x)
-        ce = F.cross_entropy(logits, y, reduction="none")
-        correct = int((logits.detach().argmax(1) == y).sum())
-        with _batchnorm_running(inner):
-            terms = penalty_terms(inner, x_pen, y_pen, **opts)  # type: ignore[arg-type]
-        ce_sum = ce.sum()
-    else:
-        terms = penalty_terms(model, x_pen, y_pen, step_model=inner, **opts)  # type: ignore[arg-type]
-        ce_sum = terms.cross_entropy.sum()
-        correct = int(terms.correct.sum())
-        if k < n:  # the others need no input gradient: a plain forward (of the bare module)
-            rest_logits = inner(x[~mask])
-            rest_ce = F.cross_entropy(rest_logits, y[~mask], reduction="none")
-            ce_sum = ce_sum + rest_ce.sum()
-            correct += int((rest_logits.detach().argmax(1) == y[~mask]).sum())
-    pen_sum = terms.penalty.sum()
-    obj = ce_sum * scale_ce + reg.lambda_ * pen_sum * (world_size / global_penalised)
-    stats = StepStats(
-        float(ce_sum.detach()),
-        float(pen_sum.detach()),
-        k,
-        float(terms.grad_norm.sum()),
-        k,
-        correct,
-        n,
-    )
-    return obj, stats
-
-
-def penalty_mask(n: int, fraction: float) -> Tensor:
-    """Which positions of a global batch of ``n`` get the penalty: ⌊f·n⌋ (at least 1), evenly spaced.
-
-    Position p is chosen when ⌊(p+1)·f⌋ > ⌊p·f⌋. The choice depends on the global position
-    only, so it is the same set for any number of DDP ranks and is spread evenly over them.
-    """
-    if fraction >= 1:
-        return torch.ones(n, dtype=torch.bool)
-    pos = torch.arange(n, dtype=torch.float64)
-    mask = torch.floor((pos + 1) * fraction + 1e-9) > torch.floor(pos * fraction + 1e-9)
-    if not bool(mask.any()):
-        mask[0] = True
-    return mask
-
-
-def evaluate_split(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int) -> Tensor:
+def evaluate_batches(
+    model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], device: torch.device
+) -> Tensor:
     """Local sums (correct, CE, ‖∇_x CE_i‖₂, count) in eval mode, as a float64 tensor of 4."""
     out = torch.zeros(4, dtype=torch.float64)
     with eval_mode(model):
-        for start in range(0, x.shape[0], batch_size):
-            xb = x[start : start + batch_size].detach().requires_grad_(True)
-            yb = y[start : start + batch_size]
+        for xb, yb in batches:
+            xb, yb = xb.to(device).detach().requires_grad_(True), yb.to(device)
             logits = model(xb)
             ce = F.cross_entropy(logits, yb, reduction="none")
             (g,) = torch.autograd.grad(ce.sum(), xb)
@@ -272,6 +139,67 @@ def evaluate_split(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int) -
                 dtype=torch.float64,
             )
     return out
+
+
+@dataclass(frozen=True)
+class Sources:
+    """The training batches, the validation batches of this rank, and a sample to check the model on."""
+
+    train: BatchSource
+    validation: Callable[[], Iterable[tuple[Tensor, Tensor]]]
+    sample: tuple[Tensor, Tensor]
+    train_labels: Tensor | None
+    val_labels: Tensor | None
+
+
+def tensor_sources(
+    data: TrainData, cfg: TrainConfig, device: torch.device, info: dist_util.DistInfo
+) -> Sources:
+    """In-memory tensors (moved to ``device`` once); validation is this rank's contiguous shard."""
+    x_tr, y_tr, x_va, y_va = data
+    x_tr, y_tr = x_tr.to(device), y_tr.to(device).long()
+    x_va, y_va = x_va.to(device), y_va.to(device).long()
+    if x_tr.shape[0] == 0:
+        raise DataError("the training set is empty")
+    check_inputs(x_tr[:256], name="training images x")
+    shard = torch.tensor_split(torch.arange(x_va.shape[0], device=device), info.world_size)[info.rank]
+    xv, yv = x_va[shard], y_va[shard]
+    b = cfg.batch_size
+
+    def validation() -> Iterator[tuple[Tensor, Tensor]]:
+        for start in range(0, xv.shape[0], b):
+            yield xv[start : start + b], yv[start : start + b]
+
+    return Sources(TensorBatches(x_tr, y_tr), validation, (x_tr[:2], y_tr[:2]), y_tr, y_va)
+
+
+def stream_sources(cfg: TrainConfig, info: dist_util.DistInfo) -> Sources:
+    """A streamed ImageFolder (``data.stream``): per-item decoding, seeded augmentation, workers."""
+    from salign.data.streaming import ImageFolderDataset, eval_transform, train_transform
+
+    d, st = cfg.data, cfg.data.stream
+    assert st is not None and d.data_dir is not None  # checked by DataConfig
+    augment = train_transform(st.augment, crop=st.crop, rescale=st.rescale, hue=st.hue)
+    train_set: Any = ImageFolderDataset(d.data_dir, d.train_split, transform=augment, file_list=st.train_list,
+                                   on_error=st.on_error)  # fmt: skip
+    val_set: Any = ImageFolderDataset(d.data_dir, d.val_split, transform=eval_transform(resize=st.eval_resize,
+                                      crop=st.eval_crop), file_list=st.val_list, on_error=st.on_error)  # fmt: skip
+    train_labels, val_labels = train_set.labels, val_set.labels
+    if d.train_subset is not None and d.train_subset < len(train_set):
+        train_set, train_labels = Subset(train_set, range(d.train_subset)), train_labels[: d.train_subset]
+    if d.val_subset is not None and d.val_subset < len(val_set):
+        val_set, val_labels = Subset(val_set, range(d.val_subset)), val_labels[: d.val_subset]
+    source = DatasetBatches(train_set, workers=st.workers, pin_memory=st.pin_memory)
+    first = train_set[0]
+    if not isinstance(first, tuple):
+        raise DataError(f"the first training image cannot be decoded: {first.reason}")
+
+    def validation() -> Iterator[tuple[Tensor, Tensor]]:
+        return evaluation_batches(val_set, batch_size=cfg.batch_size, world_size=info.world_size,
+                                  rank=info.rank, workers=st.workers)  # fmt: skip
+
+    sample = (first[0].unsqueeze(0), torch.tensor([first[1]]))
+    return Sources(source, validation, sample, train_labels, val_labels)
 
 
 def _write_log(run_dir: Path, history: list[dict[str, Any]]) -> None:
@@ -379,146 +307,44 @@ def _train(
         _remove_stale_temporaries(out)
     dist_util.barrier(info)  # nobody reads the state before rank 0 has tidied the directory
 
-    x_tr, y_tr, x_va, y_va = data if data is not None else load_data(cfg)
-    x_tr, y_tr = x_tr.to(device), y_tr.to(device).long()
-    x_va, y_va = x_va.to(device), y_va.to(device).long()
+    if data is not None or cfg.data.stream is None:
+        sources = tensor_sources(data if data is not None else load_data(cfg), cfg, device, info)
+    else:
+        sources = stream_sources(cfg, info)
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     inner = models.build(cfg.model.name, **cfg.model.kwargs).to(device)
-    _check_data_fits(inner, x_tr, y_tr, x_va, y_va)
+    if cfg.channels_last:
+        inner = inner.to(memory_format=torch.channels_last)
+    _check_data_fits(inner, sources)
     inner.train()
     params = [p for p in inner.parameters() if p.requires_grad]
-    if cfg.optimizer.name == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(
-            params,
-            lr=cfg.optimizer.lr,
-            momentum=cfg.optimizer.momentum,
-            nesterov=cfg.optimizer.nesterov,
-            weight_decay=cfg.optimizer.weight_decay,
-        )
-    else:
-        opt = torch.optim.Adam(
-            params, lr=cfg.optimizer.lr, betas=cfg.optimizer.betas, weight_decay=cfg.optimizer.weight_decay
-        )
+    opt = _optimizer(cfg, params)
     torch.manual_seed((cfg.seed + 1 + 7_777 * info.rank) % (2**63))  # Dropout / attack randomness
 
-    state = TrainState()
     state_path = out / STATE_FILE
-    if resume and state_path.is_file():
-        loaded = load_state(state_path)
-        if _comparable(loaded.config) != _comparable(cfg_dict):
-            raise CheckpointError(
-                f"{state_path} was written by a different config; use another run directory or "
-                "resume=False (--no-resume) to start afresh"
-            )
-        rng_ok = loaded.apply(inner, opt, rank=info.rank)
-        if not rng_ok:  # e.g. a different number of ranks: continue, reproducibly but differently
-            torch.manual_seed((cfg.seed + 1 + 7_777 * info.rank + loaded.state.global_step) % (2**63))
-        state = loaded.state
-
+    state = (
+        _resume(state_path, cfg_dict, inner, opt, info) if resume and state_path.is_file() else TrainState()
+    )
     model: nn.Module = inner
     if info.enabled:
         model = nn.parallel.DistributedDataParallel(
             inner,
             device_ids=[device.index] if device.type == "cuda" else None,
         )
-
-    n_train = x_tr.shape[0]
-    n_batches = global_batches(n_train, cfg.batch_size, info.world_size)
     writer = _tensorboard(out, cfg.tensorboard) if info.is_main else None
     if info.is_main:
         write_text_atomic(out / "config.yaml", yaml.safe_dump(cfg_dict, sort_keys=False))
-    bar_quiet = quiet if quiet is not None else cfg.quiet
-    stat_names = (
-        "ce_sum",
-        "penalty_sum",
-        "penalty_count",
-        "grad_norm_sum",
-        "grad_norm_count",
-        "correct",
-        "count",
-    )
-
+    loop = _Loop(cfg, cfg_dict, out, device, info, model, inner, opt, params, state, sources,
+                 quiet if quiet is not None else cfg.quiet)  # fmt: skip
     try:
         for epoch in range(state.epoch, cfg.epochs):
-            lr = lr_at(cfg, epoch)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            perm = epoch_permutation(n_train, cfg.seed, epoch).to(device)
-            start_step = state.step if epoch == state.epoch else 0
-            sums = torch.zeros(len(stat_names) + 1, dtype=torch.float64)
-            if start_step > 0 and info.is_main and state.partial:
-                sums = torch.tensor(
-                    [state.partial.get(k, 0.0) for k in (*stat_names, "seconds")], dtype=torch.float64
-                )
-            t0 = time.perf_counter()
-            bar = progress_bar(
-                desc=f"epoch {epoch + 1}/{cfg.epochs}", total=n_batches, quiet=bar_quiet or not info.is_main
-            )
-            bar.update(start_step)
-            for step in range(start_step, n_batches):
-                idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-                shards = torch.tensor_split(idx, info.world_size)
-                local = shards[info.rank]
-                mask = penalty_mask(int(idx.numel()), cfg.regularizer.penalty_fraction)
-                local_mask = torch.tensor_split(mask, info.world_size)[info.rank].to(device)
-                obj, st = step_objective(
-                    model,
-                    inner,
-                    x_tr[local],
-                    y_tr[local],
-                    cfg,
-                    global_batch=int(idx.numel()),
-                    global_penalised=int(mask.sum()),
-                    world_size=info.world_size,
-                    penalised=local_mask,
-                )
-                opt.zero_grad(set_to_none=True)
-                torch.autograd.backward(obj, inputs=params)
-                opt.step()
-                sums[: len(stat_names)] += torch.tensor(
-                    [float(getattr(st, k)) for k in stat_names], dtype=torch.float64
-                )
-                state.global_step += 1
-                bar.update(1)
-                every = cfg.checkpoint_every_steps
-                if every is not None and state.global_step % every == 0 and step + 1 < n_batches:
-                    sums[-1] += time.perf_counter() - t0
-                    t0 = time.perf_counter()
-                    total = dist_util.all_reduce_sum(sums[: len(stat_names)], info)
-                    rng = dist_util.gather_rng_states(info)
-                    sums[: len(stat_names)] = total if info.is_main else 0.0
-                    state.epoch, state.step = epoch, step + 1
-                    state.partial = {
-                        k: float(v) for k, v in zip((*stat_names, "seconds"), sums.tolist(), strict=True)
-                    }
-                    if info.is_main:
-                        save_state(state_path, model=inner, optimizer=opt, schedule=_schedule_record(cfg, epoch),
-                                   state=state, config=cfg_dict, rank_rng_states=rng)  # fmt: skip
-            bar.close()
-            sums[-1] += time.perf_counter() - t0
-            total = dist_util.all_reduce_sum(sums[: len(stat_names)], info)
-            val_idx = torch.tensor_split(torch.arange(x_va.shape[0], device=device), info.world_size)[
-                info.rank
-            ]
-            val = dist_util.all_reduce_sum(
-                evaluate_split(inner, x_va[val_idx], y_va[val_idx], batch_size=cfg.batch_size), info
-            )
-            row = _epoch_row(
-                cfg, epoch, lr, dict(zip(stat_names, total.tolist(), strict=True)), val, float(sums[-1])
-            )
-            rng = dist_util.gather_rng_states(info)
-            state.history = [*state.history[:epoch], row]
-            state.epoch, state.step, state.partial = epoch + 1, 0, {}
-            if info.is_main:
-                save_state(state_path, model=inner, optimizer=opt, schedule=_schedule_record(cfg, epoch + 1),
-                           state=state, config=cfg_dict, rank_rng_states=rng)  # fmt: skip
-                _write_log(out, state.history)
-                if writer is not None:
-                    for key, value in row.items():
-                        if key != "epoch" and isinstance(value, float) and math.isfinite(value):
-                            writer.add_scalar(f"train/{key}", value, epoch + 1)
-                    writer.flush()
+            row = loop.epoch(epoch)
+            if writer is not None:
+                for key, value in row.items():
+                    if key != "epoch" and isinstance(value, float) and math.isfinite(value):
+                        writer.add_scalar(f"train/{key}", value, epoch + 1)
+                writer.flush()
     finally:
         if writer is not None:
             writer.close()
@@ -543,16 +369,168 @@ def _train(
     return final
 
 
-def _check_data_fits(model: nn.Module, x_tr: Tensor, y_tr: Tensor, x_va: Tensor, y_va: Tensor) -> None:
+def _optimizer(cfg: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    o = cfg.optimizer
+    if o.name == "sgd":
+        return torch.optim.SGD(
+            params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay
+        )
+    return torch.optim.Adam(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+
+
+def _resume(
+    path: Path,
+    cfg_dict: dict[str, Any],
+    inner: nn.Module,
+    opt: torch.optim.Optimizer,
+    info: dist_util.DistInfo,
+) -> TrainState:
+    loaded = load_state(path)
+    if _comparable(loaded.config) != _comparable(cfg_dict):
+        raise CheckpointError(
+            f"{path} was written by a different config; use another run directory or "
+            "resume=False (--no-resume) to start afresh"
+        )
+    if not loaded.apply(inner, opt, rank=info.rank):  # e.g. another number of ranks: continue differently
+        torch.manual_seed((cfg_dict["seed"] + 1 + 7_777 * info.rank + loaded.state.global_step) % (2**63))
+    return loaded.state
+
+
+STAT_NAMES = (
+    "ce_sum",
+    "penalty_sum",
+    "penalty_count",
+    "grad_norm_sum",
+    "grad_norm_count",
+    "correct",
+    "count",
+)
+
+
+@dataclass
+class _Loop:
+    """The epoch loop and its checkpoints: one optimiser step per global batch of the plan."""
+
+    cfg: TrainConfig
+    cfg_dict: dict[str, Any]
+    out: Path
+    device: torch.device
+    info: dist_util.DistInfo
+    model: nn.Module
+    inner: nn.Module
+    opt: torch.optim.Optimizer
+    params: list[nn.Parameter]
+    state: TrainState
+    sources: Sources
+    quiet: bool | None
+
+    def epoch(self, epoch: int) -> dict[str, Any]:
+        cfg, info, state = self.cfg, self.info, self.state
+        lr = lr_at(cfg, epoch)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        plan = Plan(len(self.sources.train), cfg.batch_size, cfg.seed, epoch, info.world_size, info.rank,
+                    cfg.regularizer.penalty_fraction)  # fmt: skip
+        start_step = state.step if epoch == state.epoch else 0
+        sums = torch.zeros(len(STAT_NAMES) + 1, dtype=torch.float64)  # + seconds
+        if start_step > 0 and info.is_main and state.partial:
+            sums = torch.tensor(
+                [state.partial.get(k, 0.0) for k in (*STAT_NAMES, "seconds")], dtype=torch.float64
+            )
+        t0 = time.perf_counter()
+        bar = progress_bar(desc=f"epoch {epoch + 1}/{cfg.epochs}", total=plan.steps,
+                           quiet=bool(self.quiet) or not info.is_main)  # fmt: skip
+        bar.update(start_step)
+        for batch in self.sources.train.batches(plan, start_step, self.device):
+            st = self.step(batch)
+            sums[: len(STAT_NAMES)] += torch.tensor(
+                [float(getattr(st, k)) for k in STAT_NAMES], dtype=torch.float64
+            )
+            state.global_step += 1
+            bar.update(1)
+            if info.is_main:
+                seconds = float(sums[-1]) + time.perf_counter() - t0
+                bar.set_postfix(
+                    img_s=f"{float(sums[STAT_NAMES.index('count')]) * info.world_size / seconds:.1f}"
+                )
+            every = cfg.checkpoint_every_steps
+            if every is not None and state.global_step % every == 0 and batch.step + 1 < plan.steps:
+                sums[-1] += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                total = dist_util.all_reduce_sum(sums[: len(STAT_NAMES)], info)
+                sums[: len(STAT_NAMES)] = total if info.is_main else 0.0
+                state.epoch, state.step = epoch, batch.step + 1
+                state.partial = {
+                    k: float(v) for k, v in zip((*STAT_NAMES, "seconds"), sums.tolist(), strict=True)
+                }
+                self.save(epoch)
+        bar.close()
+        sums[-1] += time.perf_counter() - t0
+        total = dist_util.all_reduce_sum(sums[: len(STAT_NAMES)], info)
+        val = dist_util.all_reduce_sum(
+            evaluate_batches(self.inner, self.sources.validation(), self.device), info
+        )
+        row = _epoch_row(
+            cfg, epoch, lr, dict(zip(STAT_NAMES, total.tolist(), strict=True)), val, float(sums[-1])
+        )
+        state.history = [*state.history[:epoch], row]
+        state.epoch, state.step, state.partial = epoch + 1, 0, {}
+        self.save(epoch + 1)
+        if info.is_main:
+            _write_log(self.out, state.history)
+        return row
+
+    def step(self, batch: Batch) -> StepStats:
+        """One optimiser step on this rank's share of a global batch, in micro-batches."""
+        cfg = self.cfg
+        x = batch.x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else batch.x
+        parts = [p for p in torch.tensor_split(torch.arange(x.shape[0]), cfg.accumulation_steps) if p.numel()]
+        self.opt.zero_grad(set_to_none=True)
+        total = StepStats(0.0, 0.0, 0, 0.0, 0, 0, 0)
+        for k, part in enumerate(parts):
+            last = k == len(parts) - 1
+            sync = contextlib.nullcontext() if last or not self.info.enabled else self.model.no_sync()  # type: ignore[operator]
+            with sync:
+                with autocast(self.device, cfg.precision):
+                    obj, st = step_objective(
+                        self.model, self.inner, x[part], batch.y[part], cfg,
+                        global_batch=batch.global_size, global_penalised=batch.global_penalised,
+                        world_size=self.info.world_size, penalised=batch.penalised[part],
+                    )  # fmt: skip
+                self._check_finite(obj, batch.step)
+                torch.autograd.backward(obj, inputs=self.params)
+            total = total + st
+        self.opt.step()
+        return total
+
+    def _check_finite(self, obj: Tensor, step: int) -> None:
+        bad = torch.tensor([0.0 if bool(torch.isfinite(obj.detach())) else 1.0], dtype=torch.float64)
+        if float(dist_util.all_reduce_sum(bad, self.info)[0]) > 0:  # every rank stops together
+            raise TrainingError(
+                f"non-finite loss at epoch {self.state.epoch + 1}, step {step + 1}: training stopped; "
+                f"the last good state is {self.out / STATE_FILE} (lower optimizer.lr or λ and resume)"
+            )
+
+    def save(self, next_epoch: int) -> None:
+        rng = dist_util.gather_rng_states(self.info)
+        if self.info.is_main:
+            save_state(self.out / STATE_FILE, model=self.inner, optimizer=self.opt,
+                       schedule=_schedule_record(self.cfg, next_epoch), state=self.state, config=self.cfg_dict,
+                       rank_rng_states=rng)  # fmt: skip
+
+
+def _check_data_fits(model: nn.Module, sources: Sources) -> None:
     """Fail early, naming the culprit, if the model cannot take the data or the labels exceed K."""
-    if x_tr.shape[0] == 0:
-        raise DataError("the training set is empty")
-    check_inputs(x_tr[:256], name="training images x")
-    out = check_model_on(model, x_tr[:2])
-    k = out.shape[1]
-    check_labels(y_tr, y_tr.shape[0], k, name="training labels")
-    if x_va.shape[0]:
-        check_labels(y_va, y_va.shape[0], k, name="validation labels")
+    x, y = sources.sample
+    check_inputs(x, name="training images x")
+    k = check_model_on(model, x[:2].to(next(iter(model.parameters()), x).device)).shape[1]
+    for labels, name in (
+        (sources.train_labels, "training labels"),
+        (sources.val_labels, "validation labels"),
+    ):
+        if labels is not None and labels.numel():
+            check_labels(labels, labels.shape[0], k, name=name)
+    check_labels(y, y.shape[0], k, name="training labels")
 
 
 def _schedule_record(cfg: TrainConfig, next_epoch: int) -> dict[str, Any]:
@@ -581,4 +559,5 @@ def _epoch_row(
         "val_cross_entropy": v_ce / v_n,
         "val_grad_norm": v_gn / v_n,
         "seconds": seconds,
+        "images_per_second": t["count"] / seconds if seconds > 0 else float("nan"),
     }
