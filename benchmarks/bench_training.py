@@ -46,8 +46,8 @@ import torch.nn.functional as F
 import salign
 from salign import models
 from salign.training import train
-from salign.training.penalty import penalty_terms
 from salign.training.batches import penalty_mask
+from salign.training.penalty import penalty_terms
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "benchmarks" / "training.md"

@@ -40,7 +40,7 @@ def list_imagefolder(
     root: str | os.PathLike[str], split: str = "train"
 ) -> tuple[list[Path], list[int], list[str]]:
     """Image paths, their labels and the class names of an ImageFolder tree (no images are read)."""
-    root = Path(root)
+    root = Path(root).expanduser()
     if not root.is_dir():
         raise MissingFileError(f"image folder not found: {root}")
     folder = _split_root(root, split)
@@ -60,14 +60,35 @@ def list_imagefolder(
     return paths, labels, classes
 
 
+def list_images(
+    root: str | os.PathLike[str], split: str = "train", *, file_list: str | os.PathLike[str] | None = None
+) -> tuple[list[Path], list[int], list[str]]:
+    """Paths, labels and class names: from the sorted class folders, or from a ``path label`` list."""
+    if file_list is None:
+        return list_imagefolder(root, split)
+    from salign.data.streaming import read_file_list
+
+    base = Path(root).expanduser()
+    if not base.is_dir():
+        raise MissingFileError(f"image folder not found: {base}")
+    paths, labels = read_file_list(file_list, _split_root(base, split))
+    return paths, labels, [str(c) for c in sorted(set(labels))]
+
+
 def read_imagefolder(
     root: str | os.PathLike[str],
     split: str = "train",
     *,
     size: int | tuple[int, int] = 224,
     channels: int = 3,
+    file_list: str | os.PathLike[str] | None = None,
+    indices: torch.Tensor | list[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Load an ImageFolder tree: x (N, channels, H, W) float32 in [0, 1], y (N,) int64, class names.
+
+    ``file_list``: a ``path label`` file (see :mod:`salign.data.streaming`) instead of the class
+    folders. ``indices``: decode only these items of the listing (an evaluation subset), so
+    memory is bounded by the subset, not the split.
 
     Raises:
         MissingFileError: ``root`` does not exist.
@@ -77,7 +98,12 @@ def read_imagefolder(
     if channels not in (1, 3):
         raise ConfigError(f"channels must be 1 or 3, got {channels!r}")
     target = as_size(size)
-    paths, labels, classes = list_imagefolder(root, split)
+    paths, labels, classes = list_images(root, split, file_list=file_list)
+    if indices is not None:
+        chosen = [int(i) for i in indices]
+        if any(not 0 <= i < len(paths) for i in chosen):
+            raise DataError(f"indices out of range for {len(paths)} images")
+        paths, labels = [paths[i] for i in chosen], [labels[i] for i in chosen]
     try:
         from PIL import Image, UnidentifiedImageError
     except ImportError:

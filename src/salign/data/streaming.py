@@ -54,7 +54,7 @@ def read_file_list(
         MissingFileError: the list or a listed image does not exist.
         DataError: a line that is not ``path label`` with an integer label ≥ 0 (line number named).
     """
-    p, base = Path(path), Path(root)
+    p, base = Path(path).expanduser(), Path(root).expanduser()
     if not p.is_file():
         raise MissingFileError(f"file list not found: {p}")
     paths: list[Path] = []
@@ -185,7 +185,7 @@ class ImageFolderDataset(torch.utils.data.Dataset[Any]):
         if on_error not in ("raise", "skip"):
             raise ConfigError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         if file_list is not None:
-            base = Path(root)
+            base = Path(root).expanduser()
             if not base.is_dir():
                 raise MissingFileError(f"image folder not found: {base}")
             paths, labels = read_file_list(file_list, _split_root(base, split))

@@ -43,11 +43,17 @@ class _Strict(BaseModel):
 
 
 class DatasetConfig(_Strict):
-    """The evaluation data: :func:`salign.data.load` ``(name, split, data_dir=...)``."""
+    """The evaluation data: :func:`salign.data.load` ``(name, split, data_dir=..., **options)``.
+
+    For ``imagefolder`` only the evaluation subset (and the ``accuracy_n`` images) is decoded,
+    so an ImageNet validation folder is never held in memory; ``options`` may name a
+    ``file_list`` (``path label`` lines) and the ``size``.
+    """
 
     name: str = "mnist"
     split: str = "test"
     data_dir: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
 
 
 class ModelSpec(_Strict):

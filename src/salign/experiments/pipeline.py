@@ -294,9 +294,23 @@ def _evaluation_data(cfg: ExperimentConfig) -> Any:
     """(x_eval, y_eval, sample_ids, (x_acc, y_acc)) on CPU."""
     import salign
 
-    x, y = salign.data.load(cfg.dataset.name, cfg.dataset.split, data_dir=cfg.dataset.data_dir)
+    d, acc_n = cfg.dataset, cfg.evaluation.accuracy_n
+    if d.name == "imagefolder":  # decode only what is evaluated (an ImageNet split never fits)
+        from salign.data.imagefolder import list_images, read_imagefolder
+
+        if d.data_dir is None:
+            raise ConfigError("dataset 'imagefolder' needs dataset.data_dir")
+        opts = dict(d.options)
+        n_total = len(list_images(d.data_dir, d.split, file_list=opts.get("file_list"))[1])
+        ids = evaluation_subset(n_total, cfg.evaluation.n, cfg.evaluation.seed)
+        x_ev, y_ev, _ = read_imagefolder(d.data_dir, d.split, indices=ids, **opts)
+        acc = (x_ev, y_ev)
+        if acc_n is not None:
+            acc_ids = torch.arange(min(acc_n, n_total))
+            acc = read_imagefolder(d.data_dir, d.split, indices=acc_ids, **opts)[:2]
+        return x_ev, y_ev, ids, acc
+    x, y = salign.data.load(d.name, d.split, data_dir=d.data_dir, **d.options)
     ids = evaluation_subset(len(y), cfg.evaluation.n, cfg.evaluation.seed)
-    acc_n = cfg.evaluation.accuracy_n
     acc = (x, y) if acc_n is None or acc_n >= len(y) else (x[:acc_n], y[:acc_n])
     return x[ids], y[ids], ids, acc
 

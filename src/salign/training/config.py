@@ -88,17 +88,6 @@ class DataConfig(_Strict):
     options: dict[str, Any] = Field(default_factory=dict, description="extra salign.data.load options")
     stream: StreamConfig | None = Field(default=None, description="stream an imagefolder from disk")
 
-    @model_validator(mode="after")
-    def _streamable(self) -> DataConfig:
-        if self.stream is not None:
-            if self.name != "imagefolder":
-                raise ValueError(f"data.stream needs data.name 'imagefolder', got {self.name!r}")
-            if self.data_dir is None:
-                raise ValueError("data.stream needs data.data_dir (the ImageFolder root)")
-            if self.holdout is not None or self.options:
-                raise ValueError("data.holdout and data.options do not apply to a streamed imagefolder")
-        return self
-
 
 class OptimizerConfig(_Strict):
     """SGD with (Nesterov) momentum or Adam; ``weight_decay`` is the optimizer's L2 term μ·w."""
@@ -177,6 +166,9 @@ class TrainConfig(_Strict):
     accumulation_steps: int = Field(default=1, ge=1, description="micro-batches per rank and step")
     precision: Literal["fp32", "bf16"] = "fp32"
     channels_last: bool = False
+    freeze_batchnorm: bool = Field(
+        default=False, description="keep BatchNorm in eval mode (running statistics, not updated)"
+    )
     seed: int = 0
     checkpoint_every_steps: int | None = Field(default=None, ge=1)
     num_threads: int | None = Field(default=None, ge=1)

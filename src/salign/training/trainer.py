@@ -178,7 +178,11 @@ def stream_sources(cfg: TrainConfig, info: dist_util.DistInfo) -> Sources:
     from salign.data.streaming import ImageFolderDataset, eval_transform, train_transform
 
     d, st = cfg.data, cfg.data.stream
-    assert st is not None and d.data_dir is not None  # checked by DataConfig
+    assert st is not None
+    if d.name != "imagefolder" or d.data_dir is None:
+        raise ConfigError(f"data.stream needs data.name 'imagefolder' and a data.data_dir, got {d.name!r}, {d.data_dir!r}")
+    if d.holdout is not None or d.options:
+        raise ConfigError("data.holdout and data.options do not apply to a streamed imagefolder")
     augment = train_transform(st.augment, crop=st.crop, rescale=st.rescale, hue=st.hue)
     train_set: Any = ImageFolderDataset(d.data_dir, d.train_split, transform=augment, file_list=st.train_list,
                                    on_error=st.on_error)  # fmt: skip
@@ -318,6 +322,10 @@ def _train(
         inner = inner.to(memory_format=torch.channels_last)
     _check_data_fits(inner, sources)
     inner.train()
+    if cfg.freeze_batchnorm:  # small-batch fine-tuning: the pretrained statistics stay
+        for m in inner.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
     params = [p for p in inner.parameters() if p.requires_grad]
     opt = _optimizer(cfg, params)
     torch.manual_seed((cfg.seed + 1 + 7_777 * info.rank) % (2**63))  # Dropout / attack randomness
