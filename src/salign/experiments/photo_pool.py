@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -177,7 +176,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     s = build_photo_pool(args.out, debian=args.debian, test_fraction=args.test_fraction, seed=args.seed)
-    print(f"{args.out}: {s['train']} fine-tuning + {s['test']} held-out photos, {s['classes']} teacher classes")
+    print(
+        f"{args.out}: {s['train']} fine-tuning + {s['test']} held-out photos, {s['classes']} teacher classes"
+    )
 
 
 if __name__ == "__main__":

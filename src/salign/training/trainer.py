@@ -180,7 +180,9 @@ def stream_sources(cfg: TrainConfig, info: dist_util.DistInfo) -> Sources:
     d, st = cfg.data, cfg.data.stream
     assert st is not None
     if d.name != "imagefolder" or d.data_dir is None:
-        raise ConfigError(f"data.stream needs data.name 'imagefolder' and a data.data_dir, got {d.name!r}, {d.data_dir!r}")
+        raise ConfigError(
+            f"data.stream needs data.name 'imagefolder' and a data.data_dir, got {d.name!r}, {d.data_dir!r}"
+        )
     if d.holdout is not None or d.options:
         raise ConfigError("data.holdout and data.options do not apply to a streamed imagefolder")
     augment = train_transform(st.augment, crop=st.crop, rescale=st.rescale, hue=st.hue)
