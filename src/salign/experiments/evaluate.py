@@ -103,9 +103,11 @@ def evaluate_chunk(
     known = bool((labels >= 0).all())
     ordered = sorted((parse_norm(p) for p in norms), key=lambda p: p != 2)  # L2 first: its columns lead
     caught: list[Any] = []
-    seconds_analyze = 0.0
+    costs: dict[str, Any] = {"seconds_analyze": 0.0, "seconds_attacks": 0.0, "forwards": 0.0,
+                             "backwards": 0.0, "flags": {}}  # fmt: skip
     frame = None
     for p in ordered:
+        sfx = C.norm_suffix(p)
         t0 = time.perf_counter()
         with warnings.catch_warnings(record=True) as caught_p:
             warnings.simplefilter("always")
@@ -118,27 +120,17 @@ def evaluate_chunk(
                 batch_size=batch_size,
                 norm=p,
             )
-        seconds_analyze += time.perf_counter() - t0
+        t1 = time.perf_counter()
         caught += caught_p
         part = analysis.to_frame()
-        if frame is None:
+        if frame is None:  # the first norm brings the shared columns
             frame = part.rename(columns={c: C.norm_column(c, p) for c in part.columns})
             frame.insert(0, C.SAMPLE_ID, sample_ids.cpu().numpy())
         else:
             for col in part.columns:
                 if col not in C.SHARED_COLUMNS:
                     frame[C.norm_column(col, p)] = part[col].to_numpy()
-    assert frame is not None
-    if not known:
-        lab = labels.cpu().numpy()
-        frame[C.LABEL] = lab
-        frame[C.CORRECT] = (frame[C.PRED].to_numpy() == lab) & (lab >= 0)
-    costs: dict[str, Any] = {"seconds_analyze": seconds_analyze, "seconds_attacks": 0.0, "forwards": 0.0,
-                             "backwards": 0.0, "flags": {}}  # fmt: skip
-    for p in ordered:
         names = list(attacks[p]) if isinstance(attacks, Mapping) else list(attacks)
-        sfx = C.norm_suffix(p)
-        t1 = time.perf_counter()
         torch.manual_seed(seed)
         with warnings.catch_warnings(record=True) as caught_p:
             warnings.simplefilter("always")
@@ -152,8 +144,9 @@ def evaluate_chunk(
                 batch_size=attack_batch_size,
                 norm=p,
             )
-        costs["seconds_attacks"] += time.perf_counter() - t1
         caught += caught_p
+        costs["seconds_analyze"] += t1 - t0
+        costs["seconds_attacks"] += time.perf_counter() - t1
         frame[C.RHO + sfx] = result.distance.detach().cpu().double().numpy()
         frame[C.RHO_SUCCESS + sfx] = result.success.detach().cpu().numpy()
         frame[C.ADV_CLASS + sfx] = result.adv_class.detach().cpu().numpy()
@@ -166,6 +159,11 @@ def evaluate_chunk(
         costs["forwards"] += float(result.forwards)
         costs["backwards"] += float(result.backwards)
         costs["flags"].update({key + sfx: value for key, value in result.flags.items()})
+    assert frame is not None
+    if not known:
+        lab = labels.cpu().numpy()
+        frame[C.LABEL] = lab
+        frame[C.CORRECT] = (frame[C.PRED].to_numpy() == lab) & (lab >= 0)
     costs["warnings"] = [str(w.message) for w in caught]
     return frame, costs
 

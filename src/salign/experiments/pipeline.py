@@ -27,6 +27,7 @@ import torch
 import yaml
 
 from salign._io import atomic_open, write_json_atomic, write_text_atomic
+from salign._norms import NORMS
 from salign._progress import progress
 from salign.errors import ConfigError
 from salign.experiments.config import RECORD_KEYS, ExperimentConfig, config_from_dict, load_config, norm_text
@@ -47,10 +48,10 @@ from salign.report.rundata import (
     MODELS_DIR,
     REPORT_FILE,
     SANITY_FILE,
-    SUMMARY_FILE,
     SUMMARY_MD_FILE,
     TIMINGS_FILE,
     lambda_tag,
+    summary_file,
 )
 
 PARTS_DIR = ".parts"
@@ -109,7 +110,7 @@ def prepare_run_dir(
         if force and cfg_path.is_file():
             for name in (MODELS_DIR, EVAL_DIR, FIGURES_DIR):
                 shutil.rmtree(run_dir / name, ignore_errors=True)
-            for name in (SUMMARY_FILE, SUMMARY_MD_FILE, REPORT_FILE, TIMINGS_FILE):
+            for name in (SUMMARY_MD_FILE, REPORT_FILE, TIMINGS_FILE, *map(summary_file, NORMS)):
                 with contextlib.suppress(FileNotFoundError):
                     (run_dir / name).unlink()
         elif cfg_path.is_file():
