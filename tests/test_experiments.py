@@ -15,6 +15,7 @@ import torch
 import yaml
 
 import salign
+from _study_helpers import TINY, with_changes
 from salign.cli import main as cli_main
 from salign.errors import ConfigError, MissingFileError
 from salign.experiments import (
@@ -32,35 +33,9 @@ from salign.experiments import pipeline as pipeline_mod
 
 REPO = Path(__file__).resolve().parent.parent
 
-TINY: dict[str, Any] = {
-    "name": "tiny",
-    "seed": 0,
-    "dataset": {"name": "synthetic-gaussian"},
-    "model": {"name": "relu_mlp", "kwargs": {"input_shape": [1, 8, 8], "hidden": [16], "num_classes": 2}},
-    "training": {
-        "epochs": 1,
-        "batch_size": 64,
-        "optimizer": {"name": "adam", "lr": 0.01},
-        "tensorboard": False,
-        "quiet": True,
-        "data": {"val_subset": 64},
-    },
-    "sweep": {"lambdas": [0, 1]},
-    "evaluation": {"n": 24, "chunk_size": 8, "gallery": 2, "batch_size": 12},
-    "attacks": {"names": ["deepfool", "ddn"], "budget": "fast", "steps": 10},
-    "report": {"n_bootstrap": 100, "linear_sanity": True, "figures": False},
-}
-
 
 def _tiny(**changes: Any) -> dict[str, Any]:
-    cfg = json.loads(json.dumps(TINY))
-    for dotted, value in changes.items():
-        node = cfg
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
-    return cfg
+    return with_changes(TINY, **changes)
 
 
 @pytest.fixture(scope="module")

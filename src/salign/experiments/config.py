@@ -14,6 +14,12 @@ Example (``configs/demo.yaml``)::
     evaluation: {n: 500, seed: 0}
     attacks: {names: [deepfool, ddn, fmn], budget: fast}
 
+Other norms (``evaluation.norms``; docs/theory.md, "Other norms")::
+
+    evaluation: {n: 500, norms: [2, inf]}
+    attacks:
+      names: {2: [deepfool, ddn, fmn], inf: [deepfool, fmn]}   # or one list for every norm
+
 A study without ``training`` evaluates one model as built (e.g. the pretrained
 ``efficientnet_lite0``) or the checkpoint named by ``model.checkpoint``: no λ sweep. Unknown keys
 anywhere are errors that name the key; every field has a documented default.
@@ -28,14 +34,37 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
-from salign.errors import ConfigError, MissingFileError
+from salign._norms import parse_norm
+from salign.errors import ConfigError, InputError, MissingFileError
 from salign.training.config import TrainConfig
 
 #: Sections of a run's resolved config.yaml that record the environment, ignored on loading.
 RECORD_KEYS = ("versions", "resolved")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def _norm(value: object, where: str) -> float:
+    """``value`` as one of the norms 1, 2, ∞ (``salign._norms.parse_norm``), else a ValueError
+    that pydantic reports under the key ``where``."""
+    try:
+        return parse_norm(value, where)
+    except InputError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def norm_text(p: float) -> str | int:
+    """How configs spell the norm ``p``: ``2``, ``1`` or ``"inf"`` (YAML- and JSON-safe)."""
+    return "inf" if math.isinf(p) else int(p)
 
 
 class _Strict(BaseModel):
@@ -95,6 +124,16 @@ class EvaluationConfig(_Strict):
     ``chunk_size`` samples are evaluated and saved at a time, so a killed run loses at most one
     chunk. ``gallery`` images (one per class first) get saved saliency maps for figure P1.
     ``accuracy_n`` test images (None: the whole split) give the clean accuracy.
+
+    ``norms`` (``2``, ``inf``, ``1``; default ``[2]``, the paper's) are the Lp norms the study
+    measures in. This one list drives both halves of the comparison for each norm p: the
+    quantities of :func:`salign.analyze` with ``norm=p`` (α_p = |⟨x, g⟩| / ‖g‖_q with q the dual
+    exponent, ρ̃_p, |β|/‖g‖_q, the nearest rival in Lp) and ρ_p by :func:`salign.robustness` with
+    ``norm=p`` (the attacks of ``attacks.names`` for that norm). There is no separate attack
+    norm, so α_p is always compared with ρ_p of the same p. In ``eval/<model>.csv`` the L2
+    columns keep their names (``alignment``, ``rho``, ...); every other norm's columns carry a
+    suffix (``alignment_linf``, ``rho_linf``, ``rho_fmn_l1``, ...), see
+    :mod:`salign.report.columns`.
     """
 
     n: int = Field(default=1000, ge=1)
@@ -106,25 +145,87 @@ class EvaluationConfig(_Strict):
     gallery: int = Field(default=6, ge=0)
     accuracy_n: int | None = Field(default=None, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    norms: list[float] = Field(default_factory=lambda: [2.0], min_length=1)
+
+    @field_validator("norms", mode="before")
+    @classmethod
+    def _valid_norms(cls, v: Any) -> Any:
+        if not isinstance(v, (list, tuple)):
+            v = [v]
+        out = [_norm(p, "every norm") for p in v]
+        if len(set(out)) != len(out):
+            raise ValueError(f"norms must be distinct, got {list(v)}")
+        return out
+
+    @field_serializer("norms")
+    def _spell_norms(self, v: list[float]) -> list[str | int]:
+        return [norm_text(p) for p in v]
 
 
 class AttackConfig(_Strict):
-    """ρ(x) by :func:`salign.robustness`: attack names, budget, optional step override."""
+    """ρ(x) by :func:`salign.robustness`: attack names, budget, optional step override.
 
-    names: list[str] = Field(default_factory=lambda: ["deepfool", "ddn", "fmn", "alma"], min_length=1)
+    ``names`` is one list run in every norm of ``evaluation.norms`` (each attack must minimise
+    every one of them), or a mapping norm → list, one ensemble per norm (``{2: [deepfool, ddn],
+    inf: [deepfool, fmn]}``; it must name exactly the evaluated norms).
+    """
+
+    names: list[str] | dict[str, list[str]] = Field(
+        default_factory=lambda: ["deepfool", "ddn", "fmn", "alma"]
+    )
     budget: Literal["fast", "standard", "thorough"] = "standard"
     steps: int | None = Field(default=None, ge=1)
     batch_size: int | None = Field(default=None, ge=1)
 
+    @field_validator("names", mode="before")
+    @classmethod
+    def _canonical_keys(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            keys = [_norm(k, "every key of attacks.names") for k in v]
+            if len(set(keys)) != len(keys):
+                raise ValueError(f"names a norm twice: {list(v)}")
+            return {str(norm_text(k)): names for k, names in zip(keys, v.values(), strict=True)}
+        return v
+
     @field_validator("names")
     @classmethod
-    def _known(cls, v: list[str]) -> list[str]:
+    def _known(cls, v: list[str] | dict[str, list[str]]) -> list[str] | dict[str, list[str]]:
         from salign.attacks.ensemble import ATTACKS
 
-        unknown = [a for a in v if a not in ATTACKS]
+        lists = v.values() if isinstance(v, dict) else [v]
+        if any(len(names) == 0 for names in lists):
+            raise ValueError("every list of attacks must name at least one attack")
+        unknown = sorted({a for names in lists for a in names if a not in ATTACKS})
         if unknown:
             raise ValueError(f"unknown attack(s) {unknown}; choose from {sorted(ATTACKS)}")
         return v
+
+    def for_norm(self, p: float) -> list[str]:
+        """The attacks run to measure ρ in the norm ``p``."""
+        if isinstance(self.names, dict):
+            return list(self.names[str(norm_text(p))])
+        return list(self.names)
+
+    def check_norms(self, norms: list[float]) -> None:
+        """ValueError (one line) unless every norm has attacks and every attack minimises its norm."""
+        from salign.attacks.ensemble import ATTACKS
+
+        if isinstance(self.names, dict):
+            wanted = {str(norm_text(p)) for p in norms}
+            if set(self.names) != wanted:
+                raise ValueError(
+                    f"attacks.names has lists for the norms {sorted(self.names)} but evaluation.norms "
+                    f"is {sorted(wanted)}; give one list per evaluated norm"
+                )
+        for p in norms:
+            for name in self.for_norm(p):
+                able = ATTACKS[name].norms
+                if p not in able:
+                    raise ValueError(
+                        f"attacks.names: {name} does not minimise the norm {norm_text(p)} of "
+                        f"evaluation.norms (it supports {', '.join(str(norm_text(q)) for q in able)}); "
+                        "remove it, or give one list per norm (names: {2: [...], inf: [...]})"
+                    )
 
 
 class ReportConfig(_Strict):
@@ -163,6 +264,7 @@ class ExperimentConfig(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> ExperimentConfig:
+        self.attacks.check_norms(self.evaluation.norms)
         if self.training is not None and self.sweep is None:
             raise ValueError(
                 "'training' needs a 'sweep' with the λ values to train (sweep: {lambdas: [...]})"

@@ -2,7 +2,8 @@
 
 The unit of work is a *chunk* of consecutive evaluation samples: :func:`evaluate_chunk` runs
 :func:`salign.analyze` (α, α_bin, ρ̃, β, ...) and :func:`salign.robustness` (ρ by the attack
-ensemble, against the predicted class) and returns one table row per sample. Chunks are saved as
+ensemble, against the predicted class), once per norm of ``evaluation.norms``, and returns one
+table row per sample. Chunks are saved as
 they finish, so a killed evaluation resumes at the first missing chunk.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -17,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from salign._io import atomic_path
+from salign._norms import parse_norm
 from salign._validation import eval_mode
 from salign.report import columns as C
 
@@ -62,11 +65,12 @@ def evaluate_chunk(
     rival: str = "nearest",
     candidates: int | None = None,
     batch_size: int | None = None,
-    attacks: list[str] | tuple[str, ...] = ("deepfool", "ddn", "fmn", "alma"),
+    attacks: list[str] | tuple[str, ...] | Mapping[float, Sequence[str]] = ("deepfool", "ddn", "fmn", "alma"),
     budget: str = "standard",
     steps: int | None = None,
     attack_batch_size: int | None = None,
     seed: int = 0,
+    norms: Sequence[float] = (2.0,),
 ) -> tuple[Any, dict[str, float]]:
     """Per-sample table of one chunk and its costs.
 
@@ -77,62 +81,90 @@ def evaluate_chunk(
         sample_ids: index of each sample in the dataset split (the table's ``sample_id``).
         rival, candidates, batch_size: passed to :func:`salign.analyze`.
         attacks, budget, steps, attack_batch_size: passed to :func:`salign.robustness`
-            (``labels=None``: ρ is measured against the predicted class, as in the paper).
-        seed: seeds torch's RNG before the attacks, so a chunk's result does not depend on
-            what ran before it (resumed runs reproduce uninterrupted ones).
+            (``labels=None``: ρ is measured against the predicted class, as in the paper);
+            ``attacks`` is one list for every norm, or a mapping norm → list.
+        seed: seeds torch's RNG before each norm's attacks, so a chunk's result does not depend
+            on what ran before it (resumed runs reproduce uninterrupted ones, and the L2 columns
+            of a multi-norm study equal those of an L2-only one).
+        norms: the Lp norms (2, ∞, 1): for each p, ``analyze(norm=p)`` and
+            ``robustness(norm=p)``; the L2 columns keep their names, the others get the norm's
+            suffix (:func:`salign.report.columns.norm_column`).
 
     Returns:
         ``(frame, costs)``: a pandas DataFrame (``sample_id``, the Analysis columns, ``rho``,
-        ``rho_success``, ``adv_class``, ``best_attack``, ``rho_<a>``, ``success_<a>``) and
-        ``{"seconds_analyze", "seconds_attacks", "forwards", "backwards", "flags", "warnings"}``
-        (the attacks' sanity-flag counts and the warnings raised, which are recorded instead of
+        ``rho_success``, ``adv_class``, ``best_attack``, ``rho_<a>``, ``success_<a>``, each
+        suffixed for p ≠ 2) and ``{"seconds_analyze", "seconds_attacks", "forwards",
+        "backwards", "flags", "warnings"}`` (summed over the norms; the attacks' sanity-flag
+        counts, suffixed for p ≠ 2, and the warnings raised, which are recorded instead of
         printed: they go to ``eval/<model>.json`` and the report).
     """
     import salign
 
     known = bool((labels >= 0).all())
-    t0 = time.perf_counter()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        analysis = salign.analyze(
-            model,
-            x,
-            labels.to(x.device) if known else None,
-            rival=rival,  # type: ignore[arg-type]
-            candidates=candidates,
-            batch_size=batch_size,
-        )
-    t1 = time.perf_counter()
-    frame = analysis.to_frame()
-    frame.insert(0, C.SAMPLE_ID, sample_ids.cpu().numpy())
+    ordered = sorted((parse_norm(p) for p in norms), key=lambda p: p != 2)  # L2 first: its columns lead
+    caught: list[Any] = []
+    costs: dict[str, Any] = {"seconds_analyze": 0.0, "seconds_attacks": 0.0, "forwards": 0.0,
+                             "backwards": 0.0, "flags": {}}  # fmt: skip
+    frame = None
+    for p in ordered:
+        sfx = C.norm_suffix(p)
+        t0 = time.perf_counter()
+        with warnings.catch_warnings(record=True) as caught_p:
+            warnings.simplefilter("always")
+            analysis = salign.analyze(
+                model,
+                x,
+                labels.to(x.device) if known else None,
+                rival=rival,  # type: ignore[arg-type]
+                candidates=candidates,
+                batch_size=batch_size,
+                norm=p,
+            )
+        t1 = time.perf_counter()
+        caught += caught_p
+        part = analysis.to_frame()
+        if frame is None:  # the first norm brings the shared columns
+            frame = part.rename(columns={c: C.norm_column(c, p) for c in part.columns})
+            frame.insert(0, C.SAMPLE_ID, sample_ids.cpu().numpy())
+        else:
+            for col in part.columns:
+                if col not in C.SHARED_COLUMNS:
+                    frame[C.norm_column(col, p)] = part[col].to_numpy()
+        names = list(attacks[p]) if isinstance(attacks, Mapping) else list(attacks)
+        torch.manual_seed(seed)
+        with warnings.catch_warnings(record=True) as caught_p:
+            warnings.simplefilter("always")
+            result = salign.robustness(
+                model,
+                x,
+                None,
+                attacks=names,
+                budget=budget,
+                steps=steps,
+                batch_size=attack_batch_size,
+                norm=p,
+            )
+        caught += caught_p
+        costs["seconds_analyze"] += t1 - t0
+        costs["seconds_attacks"] += time.perf_counter() - t1
+        frame[C.RHO + sfx] = result.distance.detach().cpu().double().numpy()
+        frame[C.RHO_SUCCESS + sfx] = result.success.detach().cpu().numpy()
+        frame[C.ADV_CLASS + sfx] = result.adv_class.detach().cpu().numpy()
+        frame[C.BEST_ATTACK + sfx] = list(result.best_attack) if result.best_attack is not None else None
+        for name, res in (result.per_attack or {}).items():
+            if res is None:
+                continue
+            frame[C.ATTACK_PREFIX + name + sfx] = res.distance.detach().cpu().double().numpy()
+            frame[C.SUCCESS_PREFIX + name + sfx] = res.success.detach().cpu().numpy()
+        costs["forwards"] += float(result.forwards)
+        costs["backwards"] += float(result.backwards)
+        costs["flags"].update({key + sfx: value for key, value in result.flags.items()})
+    assert frame is not None
     if not known:
         lab = labels.cpu().numpy()
         frame[C.LABEL] = lab
         frame[C.CORRECT] = (frame[C.PRED].to_numpy() == lab) & (lab >= 0)
-    torch.manual_seed(seed)
-    with warnings.catch_warnings(record=True) as caught_attacks:
-        warnings.simplefilter("always")
-        result = salign.robustness(
-            model, x, None, attacks=list(attacks), budget=budget, steps=steps, batch_size=attack_batch_size
-        )
-    t2 = time.perf_counter()
-    frame[C.RHO] = result.distance.detach().cpu().double().numpy()
-    frame[C.RHO_SUCCESS] = result.success.detach().cpu().numpy()
-    frame[C.ADV_CLASS] = result.adv_class.detach().cpu().numpy()
-    frame[C.BEST_ATTACK] = list(result.best_attack) if result.best_attack is not None else None
-    for name, res in (result.per_attack or {}).items():
-        if res is None:
-            continue
-        frame[C.ATTACK_PREFIX + name] = res.distance.detach().cpu().double().numpy()
-        frame[C.SUCCESS_PREFIX + name] = res.success.detach().cpu().numpy()
-    costs: dict[str, Any] = {
-        "seconds_analyze": t1 - t0,
-        "seconds_attacks": t2 - t1,
-        "forwards": float(result.forwards),
-        "backwards": float(result.backwards),
-        "flags": dict(result.flags),
-        "warnings": [str(w.message) for w in [*caught, *caught_attacks]],
-    }
+    costs["warnings"] = [str(w.message) for w in caught]
     return frame, costs
 
 

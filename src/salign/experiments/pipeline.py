@@ -27,9 +27,10 @@ import torch
 import yaml
 
 from salign._io import atomic_open, write_json_atomic, write_text_atomic
+from salign._norms import NORMS
 from salign._progress import progress
 from salign.errors import ConfigError
-from salign.experiments.config import RECORD_KEYS, ExperimentConfig, config_from_dict, load_config
+from salign.experiments.config import RECORD_KEYS, ExperimentConfig, config_from_dict, load_config, norm_text
 from salign.experiments.evaluate import (
     clean_accuracy,
     evaluate_chunk,
@@ -47,10 +48,10 @@ from salign.report.rundata import (
     MODELS_DIR,
     REPORT_FILE,
     SANITY_FILE,
-    SUMMARY_FILE,
     SUMMARY_MD_FILE,
     TIMINGS_FILE,
     lambda_tag,
+    summary_file,
 )
 
 PARTS_DIR = ".parts"
@@ -89,6 +90,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _comparable(data: dict[str, Any]) -> dict[str, Any]:
+    """The settings of a config record, with the defaults of keys added since it was written
+    filled in (a run directory from before ``evaluation.norms`` existed still resumes)."""
+    with contextlib.suppress(ConfigError):
+        data = config_from_dict(data).to_dict()
     return {k: v for k, v in data.items() if k not in RECORD_KEYS and k != "output_dir"}
 
 
@@ -105,7 +110,7 @@ def prepare_run_dir(
         if force and cfg_path.is_file():
             for name in (MODELS_DIR, EVAL_DIR, FIGURES_DIR):
                 shutil.rmtree(run_dir / name, ignore_errors=True)
-            for name in (SUMMARY_FILE, SUMMARY_MD_FILE, REPORT_FILE, TIMINGS_FILE):
+            for name in (SUMMARY_MD_FILE, REPORT_FILE, TIMINGS_FILE, *map(summary_file, NORMS)):
                 with contextlib.suppress(FileNotFoundError):
                     (run_dir / name).unlink()
         elif cfg_path.is_file():
@@ -246,11 +251,12 @@ def evaluate_stage_model(
             rival=ev.rival,
             candidates=ev.candidates,
             batch_size=ev.batch_size,
-            attacks=cfg.attacks.names,
+            attacks={p: cfg.attacks.for_norm(p) for p in ev.norms},
             budget=cfg.attacks.budget,
             steps=cfg.attacks.steps,
             attack_batch_size=cfg.attacks.batch_size,
             seed=cfg.seed * 1_000_003 + c0,
+            norms=ev.norms,
         )
         chunk_costs.append(costs)
         with atomic_open(part, "w", encoding="utf-8", newline="") as fh:
@@ -276,7 +282,8 @@ def evaluate_stage_model(
         "tag": tag,
         "lambda": lam,
         "n": len(table),
-        "attacks": list(cfg.attacks.names),
+        "attacks": cfg.attacks.model_dump(mode="json")["names"],
+        "norms": [norm_text(p) for p in ev.norms],
         "budget": cfg.attacks.budget,
         "rival": ev.rival,
         "seconds": seconds,

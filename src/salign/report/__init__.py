@@ -1,7 +1,10 @@
 """Statistics, figures P1–P8, table T1 and the self-contained HTML report of a run directory.
 
 ``render(run_dir)`` re-reads the saved per-sample tables (nothing is recomputed), writes
-``summary.csv``, ``figures/*.png`` and ``report.html``, and returns a :class:`Report`. The
+``summary.csv``, ``figures/*.png`` and ``report.html``, and returns a :class:`Report`. A study
+with several norms (``evaluation.norms``) gets T1, the norm-dependent figures
+(:data:`~salign.report.figures.NORM_FIGURES`), the reading and the T4 check once per norm; a
+norm p ≠ 2 writes ``summary_linf.csv`` / ``figures/p2_alpha_vs_rho_linf.png`` (its suffix). The
 statistics in :mod:`salign.report.stats` need only numpy; the figures and tables need the
 ``report`` extra (matplotlib, pandas).
 """
@@ -9,7 +12,7 @@ statistics in :mod:`salign.report.stats` need only numpy; the figures and tables
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,7 @@ from salign.report.rundata import (
     RunData,
     lambda_tag,
     load_run,
+    summary_file,
 )
 from salign.report.stats import (
     Correlation,
@@ -55,12 +59,18 @@ __all__ = [
     "render",
     "spearman",
     "spread",
+    "summary_file",
 ]
 
 
 @dataclass(frozen=True)
 class Report:
-    """What :func:`render` wrote: paths, the T1 table, the reading and the trend checks."""
+    """What :func:`render` wrote: paths, the T1 table, the reading and the trend checks.
+
+    ``summary``/``summary_csv`` are the first norm's (L2 when evaluated); ``summaries`` has T1 of
+    every norm (norm → table), and the checks of a norm p ≠ 2 carry its suffix
+    (``t4_holds_everywhere_linf``).
+    """
 
     html: Path
     summary_csv: Path
@@ -68,6 +78,7 @@ class Report:
     summary: Any  # pandas.DataFrame
     sentences: list[str]
     checks: dict[str, bool]
+    summaries: dict[float, Any] = field(default_factory=dict)
 
 
 def render(
@@ -90,7 +101,8 @@ def render(
             False writes only summary.csv and a report.html without figures.
     """
     from salign._io import atomic_open, write_text_atomic
-    from salign.report.figures import save_figures
+    from salign.report.columns import norm_suffix
+    from salign.report.figures import NORM_FIGURES, save_figures
     from salign.report.html import render_html, write_html
     from salign.report.markdown import summary_markdown
     from salign.report.reading import reading, trend_checks
@@ -102,18 +114,32 @@ def render(
         n_bootstrap = int(report_cfg.get("n_bootstrap", 2000))
     if seed is None:
         seed = int(run.config.get("seed", 0) or 0)
-    summary = summary_table(run, n_bootstrap=n_bootstrap, seed=seed, level=level)
-    root = Path(run_dir)
-    summary_path = root / SUMMARY_FILE
-    with atomic_open(summary_path, "w", encoding="utf-8", newline="") as fh:
-        summary.to_csv(fh, index=False)
     if figures is None:
         figures = bool(report_cfg.get("figures", True))
-    written = save_figures(run, summary, root / FIGURES_DIR) if figures else {}
-    sentences = reading(summary, level=level)
-    checks = trend_checks(summary) if len(run.models) > 1 else {}
+    root = Path(run_dir)
+    norms = run.norms or [2.0]
+    several = len(norms) > 1
+    summaries: dict[float, Any] = {}
+    written: dict[str, Path] = {}
+    sentences: list[str] = []
+    checks: dict[str, bool] = {}
+    for i, p in enumerate(norms):
+        view = run.for_norm(p)
+        sfx = norm_suffix(p)
+        summary = summary_table(view, n_bootstrap=n_bootstrap, seed=seed, level=level)
+        summaries[p] = summary
+        with atomic_open(root / summary_file(p), "w", encoding="utf-8", newline="") as fh:
+            summary.to_csv(fh, index=False)
+        if figures:
+            names = None if i == 0 else NORM_FIGURES
+            written.update(save_figures(view, summary, root / FIGURES_DIR, names=names, suffix=sfx))
+        sentences += reading(summary, level=level, norm=p, label=several, accuracy=i == 0)
+        if len(run.models) > 1:
+            checks.update({k + sfx: v for k, v in trend_checks(summary).items()})
+    first = norms[0]
+    summary_path = root / summary_file(first)
     config_text = (root / CONFIG_FILE).read_text(encoding="utf-8") if (root / CONFIG_FILE).is_file() else ""
-    page = render_html(run, summary, written, sentences, config_text=config_text, checks=checks)
+    page = render_html(run, summaries, written, sentences, config_text=config_text, checks=checks)
     html_path = write_html(root / REPORT_FILE, page)
-    write_text_atomic(root / SUMMARY_MD_FILE, summary_markdown(run, summary, sentences, checks))
-    return Report(html_path, summary_path, written, summary, sentences, checks)
+    write_text_atomic(root / SUMMARY_MD_FILE, summary_markdown(run, summaries, sentences, checks))
+    return Report(html_path, summary_path, written, summaries[first], sentences, checks, summaries)

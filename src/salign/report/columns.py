@@ -5,10 +5,18 @@ pipeline's own: ``sample_id`` (index into the dataset split), ``model`` (the mod
 ``lambda``, and the attack columns ``rho`` (L2 distance to the nearest adversarial example found
 by the ensemble, +inf if none), ``rho_success``, ``adv_class``, ``best_attack`` and, per attack
 ``<a>``, ``rho_<a>`` and ``success_<a>``.
+
+Other norms (``evaluation.norms``): the L2 columns keep these names; the columns of a norm
+p ≠ 2 carry its suffix (:func:`norm_suffix`: ``_linf``, ``_l1``), e.g. ``alignment_binarized_linf``,
+``rho_linf``, ``rho_fmn_linf``, ``t4_holds_linf`` — except the columns that do not depend on the
+norm (:data:`SHARED_COLUMNS`: ``pred``, ``label``, ...), stored once. :func:`norm_view` gives a
+norm's columns under the L2 names, so every table, figure and statistic is written once and
+applied per norm.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -46,12 +54,65 @@ T4_HOLDS = "t4_holds"
 ATTACK_PREFIX = "rho_"
 SUCCESS_PREFIX = "success_"
 
+#: Columns that do not depend on the norm (stored once, without a suffix, in every table).
+SHARED_COLUMNS = (SAMPLE_ID, MODEL, LAMBDA, LABEL, PRED, CORRECT, LOGIT_MARGIN, RIVAL_RUNNER_UP,
+                  "effective_bias_logit")  # fmt: skip
+#: The suffix of each norm's columns (L2: none, the paper's names).
+NORM_SUFFIXES: dict[float, str] = {2.0: "", math.inf: "_linf", 1.0: "_l1"}
+
+
+def norm_suffix(p: float) -> str:
+    """``""`` for L2, ``"_linf"`` for L∞, ``"_l1"`` for L1 (the suffix of that norm's columns)."""
+    return NORM_SUFFIXES[float(p)]
+
+
+def norm_label(p: float) -> str:
+    """``L2``, ``L∞`` or ``L1``: the norm in figure labels and the reading."""
+    return "L∞" if math.isinf(p) else f"L{p:g}"
+
+
+def norm_column(name: str, p: float) -> str:
+    """The column ``name`` of the norm ``p`` (``name`` itself for L2 and for the shared columns)."""
+    return name if name in SHARED_COLUMNS else name + norm_suffix(p)
+
+
+def norms_in(columns: Any) -> list[float]:
+    """The norms a table holds (those with an ``alignment`` or ``rho`` column), L2 first."""
+    cols = set(columns)
+    return [p for p in NORM_SUFFIXES if {ALPHA + norm_suffix(p), RHO + norm_suffix(p)} & cols]
+
+
+def _other_suffix(col: str) -> bool:
+    return any(sfx and col.endswith(sfx) for sfx in NORM_SUFFIXES.values())
+
+
+def norm_view(frame: Any, p: float) -> Any:
+    """The columns of the norm ``p`` under the L2 names (a new frame): the shared columns, then
+    ``<name><suffix>`` renamed to ``<name>``; other norms' columns and the derived ones are left
+    out, then :func:`add_derived` recomputes T4 for this norm. ``p = 2`` keeps the unsuffixed
+    columns."""
+    sfx = norm_suffix(p)
+    derived = {BIAS_RATIO, T4_HOLDS}
+    if not sfx:
+        keep = [c for c in frame.columns if not _other_suffix(c) and c not in derived]
+        return add_derived(frame[keep])
+    shared = [c for c in frame.columns if c in SHARED_COLUMNS]
+    own = {c: c[: -len(sfx)] for c in frame.columns if c.endswith(sfx) and c[: -len(sfx)] not in derived}
+    view = frame[shared + list(own)].rename(columns=own)
+    return add_derived(view)
+
 
 def attack_names(columns: Any) -> list[str]:
-    """Attack names present in a table, from its ``rho_<attack>`` columns (in column order)."""
+    """Attack names present in a table, from its ``rho_<attack>`` columns (in column order;
+    other norms' ``rho_<attack>_linf`` columns are not counted: see :func:`norm_view`)."""
     names = []
     for col in columns:
-        if col.startswith(ATTACK_PREFIX) and col not in (RHO_SUCCESS,) and col != RHO:
+        if (
+            col.startswith(ATTACK_PREFIX)
+            and col not in (RHO_SUCCESS,)
+            and col != RHO
+            and not _other_suffix(col)
+        ):
             names.append(col[len(ATTACK_PREFIX) :])
     return names
 

@@ -24,6 +24,9 @@ from salign.report.rundata import ModelResult, RunData
 from salign.report.stats import spearman, spread
 
 DPI = 110
+#: The figures drawn once per norm in a study with several norms (the others show L2, or the
+#: first evaluated norm).
+NORM_FIGURES = ("p2_alpha_vs_rho", "p3_medians_vs_lambda", "p5_linearization")
 _IDENTITY_STYLE: dict[str, Any] = {"color": "0.35", "ls": "--", "lw": 1.0, "zorder": 1}
 
 
@@ -33,6 +36,18 @@ def model_colors(models: list[ModelResult]) -> dict[str, Any]:
     cmap = plt.get_cmap("viridis")
     n = len(models)
     return {m.tag: cmap(0.1 + 0.8 * (i / max(n - 1, 1))) for i, m in enumerate(models)}
+
+
+def _norm_title(run: RunData) -> str:
+    """`` — L∞`` etc. for a figure of a norm p ≠ 2 (nothing for the paper's L2)."""
+    return "" if run.norm == 2 else f" — {C.norm_label(run.norm)}"
+
+
+def _dual_tex(run: RunData) -> str:
+    """The subscript of the gradient's dual norm in TeX labels ("" for L2, "_1" for L∞)."""
+    if run.norm == 2:
+        return ""
+    return "_1" if math.isinf(run.norm) else r"_\infty"
 
 
 def _finite(*arrays: Any) -> tuple[np.ndarray, ...]:
@@ -201,10 +216,11 @@ def figure_alpha_vs_rho(run: RunData, summary: Any = None) -> Any:
     """P2: α vs ρ and α_bin vs ρ, one point per image coloured by model, identity line, medians."""
     plt = require_pyplot()
     colors = model_colors(run.models)
+    q = _dual_tex(run)
     panels = [
         (
             C.ALPHA,
-            r"alignment $\alpha = |\langle x, \nabla\Psi^{i^*}\rangle| \,/\, \|\nabla\Psi^{i^*}\|$",
+            r"alignment $\alpha = |\langle x, \nabla\Psi^{i^*}\rangle| \,/\, \|\nabla\Psi^{i^*}\|" + q + "$",
             "alpha_rho",
         )
     ]
@@ -243,8 +259,10 @@ def figure_alpha_vs_rho(run: RunData, summary: Any = None) -> Any:
         y_all = np.concatenate(ys_all) if ys_all else np.array([])
         log = _set_loglog_if_positive(ax, x_all, y_all)
         lo, hi = _range(x_all, y_all, positive=log)
-        _identity(ax, lo, hi, label="α = ρ (exact for linear models, T1)")
-        ax.set_xlabel("robustness ρ = L2 distance to the nearest adversarial example")
+        _identity(
+            ax, lo, hi, label="α = ρ (exact for linear models, T1" + ("" if run.norm == 2 else "_p") + ")"
+        )
+        ax.set_xlabel(f"robustness ρ = {C.norm_label(run.norm)} distance to the nearest adversarial example")
         ax.set_ylabel(ylabel)
         pooled = _corr_text(summary, "pooled", prefix) if len(run.models) > 1 else ""
         title = "α vs ρ" if col == C.ALPHA else "α_bin vs ρ"
@@ -252,7 +270,8 @@ def figure_alpha_vs_rho(run: RunData, summary: Any = None) -> Any:
         ax.legend(fontsize=7, loc="upper left", framealpha=0.85)
         ax.grid(alpha=0.25, which="both")
     fig.suptitle(
-        "P2 Alignment vs robustness (one point per image; diamonds = per-model medians)", fontsize=11
+        "P2 Alignment vs robustness (one point per image; diamonds = per-model medians)" + _norm_title(run),
+        fontsize=11,
     )
     fig.tight_layout(rect=(0, 0, 1, 0.95))
     return fig
@@ -280,7 +299,7 @@ def figure_medians(run: RunData, summary: Any = None) -> Any:
         err = np.array([[s.median - s.q25 for s in stats], [s.q75 - s.median for s in stats]])
         ax1.errorbar(lams, med, yerr=err, label=label, color=color, marker=marker, capsize=4, lw=1.5)
     _symlog_lambda(ax1, lams)
-    ax1.set_ylabel("L2 distance (input units)")
+    ax1.set_ylabel(f"{C.norm_label(run.norm)} distance (input units)")
     ax1.set_title("medians with interquartile bars vs λ", fontsize=10)
     ax1.legend(fontsize=8)
     ax1.grid(alpha=0.25)
@@ -317,7 +336,7 @@ def figure_medians(run: RunData, summary: Any = None) -> Any:
     ax2.set_title("median α vs median ρ, one point per model", fontsize=10)
     ax2.legend(fontsize=8)
     ax2.grid(alpha=0.25)
-    fig.suptitle("P3 Robustness and alignment across the λ sweep", fontsize=11)
+    fig.suptitle("P3 Robustness and alignment across the λ sweep" + _norm_title(run), fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 0.94))
     return fig
 
@@ -428,7 +447,7 @@ def figure_linearization(run: RunData, summary: Any = None) -> Any:
     ax_c.plot([0, hi], [0, hi], color="tab:green", lw=1.2)
     ax_c.set_xlim(0, hi)
     ax_c.set_ylim(0, hi)
-    ax_c.set_xlabel(r"$|\beta_{j^*}|\,/\,\|g\|$ (effective-bias slack)")
+    ax_c.set_xlabel(r"$|\beta_{j^*}|\,/\,\|g\|" + _dual_tex(run) + "$ (effective-bias slack)")
     ax_c.set_ylabel(r"$|\alpha_{bin} - \tilde\rho|$")
     title = "(c) T4 bound"
     if n_total:
@@ -437,7 +456,9 @@ def figure_linearization(run: RunData, summary: Any = None) -> Any:
     ax_c.legend(fontsize=7, loc="upper left")
     ax_c.grid(alpha=0.25)
     fig.suptitle(
-        "P5 Where the relation weakens: non-linearity (ρ̃ vs ρ) and effective bias (α_bin vs ρ̃)", fontsize=11
+        "P5 Where the relation weakens: non-linearity (ρ̃ vs ρ) and effective bias (α_bin vs ρ̃)"
+        + _norm_title(run),
+        fontsize=11,
     )
     fig.tight_layout(rect=(0, 0, 1, 0.94))
     return fig
@@ -666,16 +687,26 @@ def save_figure(fig: Any, path: str | os.PathLike[str], *, dpi: int = DPI) -> Pa
     return target
 
 
-def save_figures(run: RunData, summary: Any, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
-    """Draw every figure the run supports into ``out_dir/<name>.png``; returns name -> path."""
+def save_figures(
+    run: RunData,
+    summary: Any,
+    out_dir: str | os.PathLike[str],
+    *,
+    names: tuple[str, ...] | None = None,
+    suffix: str = "",
+) -> dict[str, Path]:
+    """Draw every figure the run supports (or only ``names``) into ``out_dir/<name><suffix>.png``
+    (``suffix``: the norm's, for a run of :meth:`RunData.for_norm`); returns name + suffix -> path."""
     out = Path(out_dir)
     written: dict[str, Path] = {}
     for name, draw in FIGURES.items():
+        if names is not None and name not in names:
+            continue
         fig = draw(run, summary)
         if fig is None:
             continue
-        written[name] = save_figure(fig, out / f"{name}.png")
+        written[name + suffix] = save_figure(fig, out / f"{name}{suffix}.png")
     return written
 
 
-__all__ = ["FIGURES", "model_colors", "saliency_to_image", "save_figure", "save_figures"]
+__all__ = ["FIGURES", "NORM_FIGURES", "model_colors", "saliency_to_image", "save_figure", "save_figures"]

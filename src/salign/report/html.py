@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from salign._io import write_text_atomic
+from salign._norms import dual_exponent
 from salign.report.rundata import RunData
 
 #: (T1 column, header) shown in the report's main table; the full table is in summary.csv.
@@ -139,6 +140,21 @@ def _timings_html(run: RunData) -> str:
     return f"<table><tbody>{''.join(rows)}</tbody></table>"
 
 
+def as_summaries(summary: Any) -> dict[float, Any]:
+    """``{norm: T1}`` from one T1 table (L2) or an existing mapping."""
+    return dict(summary) if isinstance(summary, dict) else {2.0: summary}
+
+
+def figure_caption(name: str) -> str:
+    """The caption of figure ``name`` (``<stem><norm suffix>``: the stem's caption and the norm)."""
+    from salign.report.columns import NORM_SUFFIXES, norm_label
+
+    for p, sfx in NORM_SUFFIXES.items():
+        if sfx and name.endswith(sfx) and name[: -len(sfx)] in FIGURE_CAPTIONS:
+            return f"{FIGURE_CAPTIONS[name[: -len(sfx)]]} Norm: {norm_label(p)} (α, ρ̃ with the dual norm of the gradient)."
+    return FIGURE_CAPTIONS.get(name, name)
+
+
 def render_html(
     run: RunData,
     summary: Any,
@@ -148,7 +164,14 @@ def render_html(
     config_text: str = "",
     checks: dict[str, bool] | None = None,
 ) -> str:
-    """Assemble the report page (a string) with every figure inlined as a data URI."""
+    """Assemble the report page (a string) with every figure inlined as a data URI.
+
+    ``summary``: table T1, or ``{norm: T1}`` for a study of several norms (one table each).
+    """
+    from salign.report.columns import norm_label
+
+    summaries = as_summaries(summary)
+    several = len(summaries) > 1
     cfg = run.config
     versions = cfg.get("versions", {}) if isinstance(cfg, dict) else {}
     seed = cfg.get("seed", "–") if isinstance(cfg, dict) else "–"
@@ -172,17 +195,28 @@ def render_html(
             for k, v in checks.items()
         )
         parts.append(f"<p>Checks:</p><ul>{items}</ul>")
-    parts += ["<h2>Table T1</h2>", summary_html(summary)]
-    parts.append(
-        "<p class='sub'>ρ: L2 distance to the nearest adversarial example found by the attack ensemble "
-        "(attacking the predicted class); α = |⟨x,∇Ψ^{i*}⟩|/‖∇Ψ^{i*}‖; α_bin uses g = ∇(Ψ^{i*}−Ψ^{j*}) with "
-        "j* the nearest linearized boundary; ρ̃ = (Ψ^{i*}−Ψ^{j*})/‖g‖; β = Ψ − ⟨∇Ψ, x⟩.</p>"
-    )
-    parts.append(f"<details><summary>all T1 columns</summary>{full_table_html(summary)}</details>")
+    for p, table in summaries.items():
+        title = f"Table T1 — {norm_label(p)}" if several or p != 2 else "Table T1"
+        parts += [f"<h2>{html.escape(title)}</h2>", summary_html(table)]
+        if p == 2:
+            parts.append(
+                "<p class='sub'>ρ: L2 distance to the nearest adversarial example found by the attack ensemble "
+                "(attacking the predicted class); α = |⟨x,∇Ψ^{i*}⟩|/‖∇Ψ^{i*}‖; α_bin uses g = ∇(Ψ^{i*}−Ψ^{j*}) with "
+                "j* the nearest linearized boundary; ρ̃ = (Ψ^{i*}−Ψ^{j*})/‖g‖; β = Ψ − ⟨∇Ψ, x⟩.</p>"
+            )
+        else:
+            dual = norm_label(dual_exponent(p))
+            parts.append(
+                f"<p class='sub'>ρ: {norm_label(p)} distance to the nearest adversarial example found by the "
+                f"{norm_label(p)} attack ensemble; α, α_bin, ρ̃ and |β|/‖g‖ divide by the {dual} norm of the "
+                f'gradient (the dual norm: α_p = |⟨x,g⟩|/‖g‖_q, docs/theory.md "Other norms"); j* is the '
+                f"nearest linearized boundary in {norm_label(p)}.</p>"
+            )
+        parts.append(f"<details><summary>all T1 columns</summary>{full_table_html(table)}</details>")
     parts.append("<h2>Figures</h2>")
     for name, path in figures.items():
         data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-        caption = FIGURE_CAPTIONS.get(name, name)
+        caption = figure_caption(name)
         parts.append(
             f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,{data}'>"
             f"<figcaption>{html.escape(caption)}</figcaption></figure>"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from salign.report.html import MAIN_COLUMNS, _cell
+from salign.report.html import MAIN_COLUMNS, _cell, as_summaries
 from salign.report.rundata import RunData
 
 
@@ -18,8 +18,11 @@ def _plain(cell: str) -> str:
 def summary_markdown(
     run: RunData, summary: Any, sentences: list[str], checks: dict[str, bool] | None = None
 ) -> str:
-    """The reading (bullets), the checks and table T1's main columns as Markdown."""
-    cols = [(c, h) for c, h in MAIN_COLUMNS if c in summary.columns]
+    """The reading (bullets), the checks and table T1's main columns (one table per norm, for
+    ``summary`` = ``{norm: T1}``) as Markdown."""
+    from salign.report.columns import norm_label
+
+    summaries = as_summaries(summary)
     lines = [f"## {run.name}", ""]
     n_eval = int(run.models[0].frame.shape[0]) if run.models else 0
     seed = run.config.get("seed", "–")
@@ -29,9 +32,13 @@ def summary_markdown(
     if checks:
         lines.append("")
         lines += [f"- [{'x' if ok else ' '}] {name.replace('_', ' ')}" for name, ok in checks.items()]
-    header = " | ".join(h.replace("|", "\\|") for _, h in cols)
-    lines += ["", f"| {header} |", "|" + "---|" * len(cols)]
-    for _, row in summary.iterrows():
-        r = row.to_dict()
-        lines.append("| " + " | ".join(_plain(_cell(r, c)) for c, _ in cols) + " |")
+    for p, table in summaries.items():
+        cols = [(c, h) for c, h in MAIN_COLUMNS if c in table.columns]
+        if len(summaries) > 1 or p != 2:
+            lines += ["", f"### {norm_label(p)}"]
+        header = " | ".join(h.replace("|", "\\|") for _, h in cols)
+        lines += ["", f"| {header} |", "|" + "---|" * len(cols)]
+        for _, row in table.iterrows():
+            r = row.to_dict()
+            lines.append("| " + " | ".join(_plain(_cell(r, c)) for c, _ in cols) + " |")
     return "\n".join(lines) + "\n"

@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from salign._norms import dual_exponent
+from salign.report.columns import norm_label
 from salign.report.tables import POOLED
 
 
@@ -51,8 +53,31 @@ def is_increasing(values: list[float]) -> bool:
     return bool(len(values) > 1 and np.all(np.diff(values) > 0))
 
 
-def reading(summary: Any, *, level: float = 0.95) -> list[str]:
-    """Sentences describing the trend, the correlations, the linearization and the T4 check."""
+def reading(
+    summary: Any, *, level: float = 0.95, norm: float = 2.0, label: bool = False, accuracy: bool = True
+) -> list[str]:
+    """Sentences describing the trend, the correlations, the linearization and the T4 check.
+
+    ``summary`` is T1 in the norm ``norm`` (ρ, α, ρ̃ and ‖g‖ of that norm, docs/theory.md "Other
+    norms"); with ``label`` (a study of several norms) every sentence starts with the norm
+    ("L∞: ..."), and a norm p ≠ 2 opens with what α_p and ρ_p are. ``accuracy=False`` leaves out
+    the clean-accuracy sentence (said once, with the first norm).
+    """
+    out = _reading(summary, level=level, accuracy=accuracy)
+    if norm != 2:
+        name, dual = norm_label(norm), norm_label(dual_exponent(norm))
+        intro = (
+            f"α = |⟨x, g⟩|/‖g‖, ρ̃ = margin/‖g‖ and |β_j*|/‖g‖ divide by the {dual} norm of the gradient "
+            f"(the dual of {name}), and ρ is the {name} distance to the nearest adversarial example found "
+            f"by {name} attacks."
+        )
+        out.insert(0, intro if label else f"In {name}, {intro}")
+    if label:
+        out = [f"{norm_label(norm)}: {sentence}" for sentence in out]
+    return out
+
+
+def _reading(summary: Any, *, level: float, accuracy: bool) -> list[str]:
     rows = summary[summary["model"] != POOLED]
     sweep = rows[rows["lambda"].notna()].sort_values("lambda")
     out: list[str] = []
@@ -70,7 +95,7 @@ def reading(summary: Any, *, level: float = 0.95) -> list[str]:
             f"{last['rho_median']:.3g}; {_monotone(r_med)})."
         )
         acc0, acc1 = first.get("accuracy", math.nan), last.get("accuracy", math.nan)
-        if np.isfinite(acc0) and np.isfinite(acc1):
+        if accuracy and np.isfinite(acc0) and np.isfinite(acc1):
             out.append(
                 f"Clean test accuracy went from {100 * acc0:.1f}% at λ={lam0} to {100 * acc1:.1f}% at λ={lam1}."
             )

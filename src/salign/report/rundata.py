@@ -40,6 +40,13 @@ GALLERY_SUFFIX = ".gallery.npz"
 PRETRAINED_TAG = "pretrained"
 
 
+def summary_file(p: float = 2.0) -> str:
+    """File name of table T1 in the norm ``p``: ``summary.csv`` (L2), ``summary_linf.csv``, ..."""
+    from salign.report.columns import norm_suffix
+
+    return SUMMARY_FILE.replace(".csv", f"{norm_suffix(p)}.csv")
+
+
 def lambda_tag(lam: float | None) -> str:
     """Directory/file name of the model trained with penalty weight ``lam`` (``None``: pretrained)."""
     if lam is None or (isinstance(lam, float) and math.isnan(lam)):
@@ -72,11 +79,30 @@ class RunData:
     models: list[ModelResult]
     timings: dict[str, Any] = field(default_factory=dict)
     sanity: Any = None  # pandas.DataFrame or None
+    #: the norm whose columns the frames hold under the L2 names (see :meth:`for_norm`)
+    norm: float = 2.0
 
     @property
     def name(self) -> str:
         """The run's name (from its config, else the directory name)."""
         return str(self.config.get("name") or self.run_dir.name)
+
+    @property
+    def norms(self) -> list[float]:
+        """The norms every model was evaluated in (``evaluation.norms``), L2 first."""
+        from salign.report.columns import norms_in
+
+        found = [norms_in(m.frame.columns) for m in self.models]
+        return [p for p in found[0] if all(p in f for f in found)] if found else []
+
+    def for_norm(self, p: float) -> RunData:
+        """This run with each model's table replaced by the columns of the norm ``p`` under the L2
+        names (:func:`salign.report.columns.norm_view`): every table and figure, written for ρ
+        and α, then shows ρ_p and α_p."""
+        from salign.report.columns import norm_view
+
+        models = [ModelResult(m.tag, m.lam, norm_view(m.frame, p), m.meta, m.gallery) for m in self.models]
+        return RunData(self.run_dir, self.config, models, self.timings, self.sanity, norm=float(p))
 
     def pooled(self) -> Any:
         """All models' per-sample tables stacked (with their ``model`` and ``lambda`` columns)."""
