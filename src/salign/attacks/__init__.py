@@ -27,6 +27,7 @@ from salign.attacks.ensemble import (
     robustness,
     tuned_attack,
 )
+from salign.attacks.fab import FAB, fab
 from salign.attacks.fmn import FMN, fmn
 from salign.attacks.result import FLAG_NAMES, AttackResult
 
@@ -36,6 +37,7 @@ __all__ = [
     "BUDGETS",
     "DDN",
     "DEFAULT_ATTACKS",
+    "FAB",
     "FLAG_NAMES",
     "FMN",
     "TUNED",
@@ -51,6 +53,7 @@ __all__ = [
     "ddn",
     "deepfool",
     "default_plan",
+    "fab",
     "fmn",
     "robustness",
     "tuned_attack",

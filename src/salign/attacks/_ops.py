@@ -40,6 +40,47 @@ def minimal_step(w: Tensor, p: float) -> Tensor:
     return torch.zeros_like(w).scatter(1, k, torch.where(top != 0, 1 / top, torch.zeros_like(top)))
 
 
+def box_hyperplane_step(w: Tensor, c: Tensor, lo: Tensor, hi: Tensor, p: float) -> Tensor:
+    """Per row of ``w`` (n, d): the δ of smallest Lp norm with ⟨w, δ⟩ = c (n,) and
+    lo ≤ δ ≤ hi (lo ≤ 0 ≤ hi), i.e. the Lp projection onto a hyperplane intersected with the box
+    (Croce & Hein, ICML 2020, §3.1, solved by sorting). Where no δ in the box reaches c, the box
+    point with the largest sign(c)·⟨w, δ⟩. With s = sign(c) and ``room`` the distance to the box
+    along sign(s·w): p = 1 fills the coordinates by decreasing |w| (a fractional knapsack);
+    p = ∞ sets δ = sign(s·w) min(t, room), p = 2 δ = sign(s·w) min(t|w|, room), with t found on
+    the sorted breakpoints of the piecewise linear ⟨w, δ(t)⟩."""
+    shape = w.shape
+    w, lo, hi = w.flatten(1), lo.flatten(1), hi.flatten(1)
+    ws = w * torch.where(c >= 0, 1.0, -1.0).to(w.dtype)[:, None]
+    target = c.abs()[:, None]
+    room = torch.where(ws > 0, hi, -lo).clamp(min=0)
+    a = ws.abs()
+    if p == 1:
+        order = a.argsort(1, descending=True)
+        a_s, room_s = a.gather(1, order), room.gather(1, order)
+        gain = a_s * room_s
+        need = (target - (gain.cumsum(1) - gain)).clamp(min=0)
+        amount = torch.where(a_s > 0, torch.minimum(room_s, need / a_s.clamp_min(1e-30)), 0.0)
+        magnitude = torch.zeros_like(a).scatter(1, order, amount)
+    else:
+        scale = torch.ones_like(a) if math.isinf(p) else a  # δ_i = sign · scale_i · min(t, b_i)
+        b = torch.where(scale > 0, room / scale.clamp_min(1e-30), 0.0)
+        slope = a * scale
+        order = b.argsort(1)
+        b_s, m_s = b.gather(1, order), slope.gather(1, order)
+        filled = (m_s * b_s).cumsum(1)  # gain of the coordinates saturated at t = b_(j)
+        rest = m_s.sum(1, keepdim=True) - m_s.cumsum(1)  # slope of the unsaturated ones
+        reached = filled + b_s * rest  # ⟨w, δ(b_(j))⟩, non-decreasing in j
+        j = (reached < target).sum(1, keepdim=True)
+        prev = (j - 1).clamp(min=0)
+        first = j == 0
+        base = torch.where(first, 0.0, filled.gather(1, prev))
+        left = torch.where(first, m_s.sum(1, keepdim=True), rest.gather(1, prev))
+        t = (target - base) / left.clamp_min(1e-30)
+        t = torch.where(j >= a.shape[1], float("inf"), t)
+        magnitude = scale * torch.minimum(t, b)
+    return (ws.sign() * magnitude).view(shape)
+
+
 def project_on_ball(delta: Tensor, radius: Tensor, p: float) -> Tensor:
     """The Euclidean projection of each δ (n, ...) onto the Lp ball of its ``radius`` (n,):
     rescaling for p = 2, clamping for p = ∞, soft thresholding at the level found by sorting
