@@ -54,7 +54,7 @@ def stream_config(root: Path, **over: object) -> dict:
                 "eval_crop": 24,
                 "workers": 0,
             },
-        },  # fmt: skip
+        },
         "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
         "regularizer": {"lambda": 0.1},
         "epochs": 2,
