@@ -67,7 +67,7 @@ def _sklearn_and_matplotlib() -> Iterator[tuple[str, np.ndarray]]:
         import matplotlib.cbook
         from PIL import Image
 
-        with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f, Image.open(f) as im:
+        with Image.open(str(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))) as im:
             yield "matplotlib-grace_hopper", np.asarray(im.convert("RGB"))
     except (ImportError, OSError, ValueError):
         pass
