@@ -135,7 +135,7 @@ def test_lp_attacks_find_the_linear_rho(norm: float, dtype: torch.dtype) -> None
         torch.testing.assert_close(res.distance, lp_norm(res.adv - x, norm))
         assert bool((model(res.adv).argmax(1) != model(x).argmax(1)).all())
     ens = robustness(model, x, norm=norm, quiet=True)
-    assert ens.norm == norm and set(ens.per_attack) == {"deepfool", "fmn", "fmn_short"}
+    assert ens.norm == norm and set(ens.per_attack) == {"deepfool", "fab", "fmn", "fmn_short"}
     assert float((ens.distance.double() / rho.double() - 1).abs().max()) < 1e-3
 
 
