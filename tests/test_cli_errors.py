@@ -184,7 +184,7 @@ def test_cli_bad_input_is_one_line(
 
 def test_cli_usage_errors_are_not_tracebacks(capsys: pytest.CaptureFixture[str]) -> None:
     for argv, expected in [
-        (["analyze"], "Missing argument"),
+        (["analyze"], "no model given"),
         (["no-such-command"], "No such command"),
         (["analyze", "x.safetensors", "--no-such-option"], "No such option"),
         (["evaluate", "x.safetensors", "--n", "0"], "Invalid value for '--n'"),
@@ -233,7 +233,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     ("argv", "code", "expected"),
     [
         (["data", "fetch", "imagenet"], 2, "error: unknown dataset 'imagenet'"),
-        (["analyze"], 2, "Missing argument 'checkpoint'"),
+        (["analyze", "--no-such-option"], 2, "No such option"),
     ],
     ids=["salign-error", "usage-error"],
 )

@@ -1,6 +1,6 @@
-"""CLI: ``salign analyze CHECKPOINT --data mnist --n 1000 --out results.csv``.
+"""CLI: ``salign analyze --model SPEC [--weights FILE] --data mnist --n 1000 --out results.csv``.
 
-Loads a checkpoint, draws a seeded subset of a dataset, runs :func:`salign.analyze` and writes
+Loads a model (any spec of :func:`salign.models.load_spec`), draws a seeded subset of a dataset, runs :func:`salign.analyze` and writes
 the per-sample table (α, α_bin, α/‖x‖, ρ̃, β, ...) as CSV, atomically, then prints medians.
 """
 
@@ -13,6 +13,14 @@ from typing import Any
 
 import typer
 
+from salign.commands._inputs import (
+    CHECKPOINT_ARG,
+    DATA_OPT,
+    MODEL_OPT,
+    WEIGHTS_OPT,
+    resolve_data,
+    resolve_model,
+)
 from salign.errors import ConfigError
 
 #: Columns whose medians the command prints.
@@ -65,10 +73,10 @@ def _median(values: list[float]) -> float:
 
 
 def analyze_command(
-    checkpoint: Path = typer.Argument(..., help="Model checkpoint (.safetensors) written by salign."),
-    data: str = typer.Option(
-        "mnist", "--data", help="Dataset name (mnist, fashion-mnist, synthetic-gaussian, ...)."
-    ),
+    checkpoint: str | None = CHECKPOINT_ARG,
+    model_spec: str | None = MODEL_OPT,
+    weights: Path | None = WEIGHTS_OPT,
+    data: str = DATA_OPT,
     split: str = typer.Option("test", "--split", help="Dataset split: train or test."),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="Folder for user-supplied datasets."),
     n: int | None = typer.Option(1000, "--n", help="Number of samples (a seeded random subset); 0 = all."),
@@ -87,8 +95,6 @@ def analyze_command(
     """Per-sample alignment α, α_bin, ρ̃, effective bias β, ... of a model, written as CSV."""
     import torch
 
-    import salign.data
-    import salign.models
     from salign.quantities import analyze
 
     if rival not in ("nearest", "runner_up"):
@@ -100,10 +106,10 @@ def analyze_command(
     from salign._validation import resolve_device
 
     device = str(resolve_device(device, name="--device"))
-    model = salign.models.load(checkpoint, map_location=device)
-    x, y = salign.data.load(data, split, data_dir=data_dir)
+    model = resolve_model(checkpoint, model_spec, weights, device)
+    x, y = resolve_data(data, split, data_dir)
     idx = select_subset(x.shape[0], n or None, seed)
-    xs, ys = x[idx].to(device), y[idx].to(device)
+    xs, ys = x[idx].to(device), None if y is None else y[idx].to(device)
     result = analyze(
         model,
         xs,
@@ -115,8 +121,11 @@ def analyze_command(
     )
     table = result.to_dict()
     write_analysis_csv(out, [int(i) for i in idx.tolist()], table)
-    accuracy = float(torch.as_tensor(table["correct"], dtype=torch.float64).mean())
-    typer.echo(f"{len(idx)} samples of {data}/{split}, accuracy {accuracy:.4f}, rival {rival}; wrote {out}")
+    if ys is None:
+        accuracy = "n/a (no labels)"
+    else:
+        accuracy = f"{float(torch.as_tensor(table['correct'], dtype=torch.float64).mean()):.4f}"
+    typer.echo(f"{len(idx)} samples of {data}/{split}, accuracy {accuracy}, rival {rival}; wrote {out}")
     typer.echo("medians: " + ", ".join(f"{c} {_median(table[c]):.4g}" for c in SUMMARY_COLUMNS))
 
 

@@ -8,6 +8,14 @@ from pathlib import Path
 
 import typer
 
+from salign.commands._inputs import (
+    CHECKPOINT_ARG,
+    DATA_OPT,
+    MODEL_OPT,
+    WEIGHTS_OPT,
+    resolve_data,
+    resolve_model,
+)
 from salign.errors import InputError
 
 
@@ -16,8 +24,10 @@ def register(app: typer.Typer) -> None:
 
     @app.command("attack")
     def attack(
-        checkpoint: Path = typer.Argument(..., help="Model checkpoint (.safetensors) written by salign."),
-        data: str = typer.Option("mnist", "--data", help="Dataset name (see `salign data list`)."),
+        checkpoint: str | None = CHECKPOINT_ARG,
+        model_spec: str | None = MODEL_OPT,
+        weights: Path | None = WEIGHTS_OPT,
+        data: str = DATA_OPT,
         split: str = typer.Option("test", "--split", help="Dataset split: train or test."),
         data_dir: Path | None = typer.Option(None, "--data-dir", help="Directory with user-supplied data."),
         n: int = typer.Option(1000, "--n", help="Attack the first N samples of the split."),
@@ -52,7 +62,6 @@ def register(app: typer.Typer) -> None:
         """Estimate ρ(x), the L2 (or L∞, L1) distance to the nearest decision boundary, per sample."""
         import torch
 
-        import salign
         from salign._io import atomic_open
         from salign.attacks import robustness
 
@@ -62,9 +71,12 @@ def register(app: typer.Typer) -> None:
         from salign._validation import resolve_device
 
         device = str(resolve_device(device, name="--device"))
-        model = salign.models.load(checkpoint).to(device)
-        x, y = salign.data.load(data, split, data_dir=data_dir)
-        x, y = x[:n].to(device), y[:n].to(device)
+        model = resolve_model(checkpoint, model_spec, weights, device)
+        x, y = resolve_data(data, split, data_dir)
+        if y is None and true_labels:
+            raise InputError(f"--true-labels needs labels, but {data} holds no 'y'")
+        x = x[:n].to(device)
+        y = torch.full((x.shape[0],), -1, dtype=torch.long) if y is None else y[:n].to(device)
         result = robustness(
             model,
             x,

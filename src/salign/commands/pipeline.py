@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import typer
+
+from salign.commands._inputs import CHECKPOINT_ARG, MODEL_OPT, WEIGHTS_OPT
 
 
 def _print_report(report: Any, *, sentences: bool = True) -> None:
@@ -53,8 +56,12 @@ def register(app: typer.Typer) -> None:
 
     @app.command("evaluate")
     def evaluate_command(
-        checkpoint: Path = typer.Argument(..., help="A salign checkpoint (.safetensors)."),
-        data: str = typer.Option("mnist", "--data", help="Dataset name for salign.data.load."),
+        checkpoint: Path | None = CHECKPOINT_ARG,
+        model_spec: str | None = MODEL_OPT,
+        weights: Path | None = WEIGHTS_OPT,
+        data: str = typer.Option(
+            "mnist", "--data", help="Dataset name for salign.data.load, or a data file holding x and y."
+        ),
         split: str = typer.Option("test", "--split", help="Dataset split."),
         data_dir: str | None = typer.Option(None, "--data-dir", help="Directory of user-supplied data."),
         n: int = typer.Option(1000, "--n", min=1, help="Size of the seeded evaluation subset."),
@@ -67,19 +74,29 @@ def register(app: typer.Typer) -> None:
         force: bool = typer.Option(False, "--force", help="Redo the evaluation."),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
     ) -> None:
-        """Evaluate one checkpoint (α, α_bin, ρ̃, β, ρ per sample) and write its report."""
-        from salign.errors import MissingFileError
+        """Evaluate one model (α, α_bin, ρ̃, β, ρ per sample) and write its report."""
+        from salign.errors import ConfigError, MissingFileError
         from salign.experiments import config_from_dict, run
 
-        if not checkpoint.is_file():
-            raise MissingFileError(f"checkpoint not found: {checkpoint}")
-        stem = checkpoint.parent.name if checkpoint.stem == "checkpoint" else checkpoint.stem
+        if (checkpoint is None) == (model_spec is None):
+            raise ConfigError("give the model once: the positional CHECKPOINT or --model SPEC")
+        if checkpoint is not None:
+            if not checkpoint.is_file():
+                raise MissingFileError(f"checkpoint not found: {checkpoint}")
+            model: dict[str, str | None] = {"checkpoint": str(checkpoint)}
+            if weights is not None:
+                raise ConfigError("--weights goes with --model SPEC, not with a checkpoint")
+            stem = checkpoint.parent.name if checkpoint.stem == "checkpoint" else checkpoint.stem
+        else:
+            assert model_spec is not None
+            model = {"name": model_spec, "weights": None if weights is None else str(weights)}
+            stem = re.sub(r"[^A-Za-z0-9._-]", "_", Path(model_spec.split(":")[0]).stem or "model")
         cfg = config_from_dict(
             {
                 "name": f"eval-{stem}".replace(" ", "_"),
                 "seed": seed,
                 "dataset": {"name": data, "split": split, "data_dir": data_dir},
-                "model": {"checkpoint": str(checkpoint)},
+                "model": model,
                 "evaluation": {"n": n, "seed": seed},
                 "attacks": {"names": [a.strip() for a in attacks.split(",") if a.strip()], "budget": budget},
             },

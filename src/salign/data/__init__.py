@@ -15,6 +15,8 @@ name               source
 ``cifar10``        CIFAR-10 python batches the user supplies (``data_dir`` required)
 ``imagefolder``    ``root/<class>/<image>`` trees the user supplies (``data_dir`` required)
 ``synthetic-gaussian``  linearly separable Gaussian classes (:func:`synthetic_gaussians`)
+``FILE.npz``       the user's own tensors ``x`` (and ``y``) in a ``.npz``, ``.safetensors``
+                   or ``.pt`` file (:func:`read_tensor_file`; nothing is unpickled)
 =================  ====================================================================
 """
 
@@ -34,16 +36,19 @@ from salign.data.imagefolder import read_imagefolder
 from salign.data.mnist import fetch_mnist, mnist_cache_status, mnist_dir
 from salign.data.photos import load_lfw_subset, load_photos, photo_names, photos_available
 from salign.data.synthetic import gaussian_class_means, synthetic_gaussians
-from salign.errors import ConfigError
+from salign.data.tensorfile import TENSOR_FILE_SUFFIXES, is_tensor_file, read_tensor_file
+from salign.errors import ConfigError, DataError
 
 __all__ = [
     "DATASETS",
     "DATA_ENV",
+    "TENSOR_FILE_SUFFIXES",
     "DatasetStatus",
     "available",
     "cache_dir",
     "fetch",
     "gaussian_class_means",
+    "is_tensor_file",
     "load",
     "load_lfw_subset",
     "load_photos",
@@ -51,6 +56,7 @@ __all__ = [
     "read_cifar10",
     "read_idx",
     "read_imagefolder",
+    "read_tensor_file",
     "synthetic_gaussians",
     "write_idx",
 ]
@@ -82,9 +88,11 @@ def load(
     """Load dataset ``name``'s ``split`` as ``(x, y)``: x float32 NCHW in [0, 1], y int64 (N,).
 
     Args:
-        name: one of :data:`DATASETS` (see the module docstring).
-        split: ``"train"`` or ``"test"``. ``photos`` and ``lfw-subset`` have no split and
-            return all their images for either.
+        name: one of :data:`DATASETS` (see the module docstring), or the path of a
+            ``.npz``/``.safetensors``/``.pt`` file holding ``x`` and ``y`` tensors
+            (:func:`read_tensor_file`; files without ``y`` are for :func:`read_tensor_file`).
+        split: ``"train"`` or ``"test"``. ``photos``, ``lfw-subset`` and files have no split
+            and return all their images for either.
         data_dir: for ``mnist``/``fashion-mnist``, a folder with the standard IDX files (gz or
             raw) to read instead of the cache; required for ``cifar10`` and ``imagefolder``.
         **options: per-dataset options: ``photos``: ``names``, ``size``; ``lfw-subset``:
@@ -101,8 +109,13 @@ def load(
         DataError: the data is not available offline (the message says how to get it) or is
             corrupt.
     """
+    if isinstance(name, str | os.PathLike) and name not in DATASETS and is_tensor_file(name):
+        return _load_tensor_file(name, data_dir, options)
     if not isinstance(name, str) or name not in DATASETS:
-        raise ConfigError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+        raise ConfigError(
+            f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}, or a data file "
+            f"({', '.join(TENSOR_FILE_SUFFIXES)}) holding x and y"
+        )
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     if name in ("cifar10", "imagefolder") and data_dir is None:
@@ -143,6 +156,21 @@ def load(
         if "unexpected keyword" in str(exc):
             raise ConfigError(f"dataset {name!r}: {exc}") from None
         raise
+
+
+def _load_tensor_file(
+    path: str | os.PathLike[str], data_dir: object, options: dict[str, Any]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    _check_no_options(str(path), options)
+    if data_dir is not None:
+        raise ConfigError(f"data file {path} takes no data_dir")
+    x, y = read_tensor_file(path)
+    if y is None:
+        raise DataError(
+            f"{path} holds no 'y' labels, which salign.data.load returns; save y=... beside x, or "
+            "use read_tensor_file (salign analyze/attack take label-less files)"
+        )
+    return x, y
 
 
 def fetch(name: str, **kwargs: Any) -> os.PathLike[str]:

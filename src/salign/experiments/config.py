@@ -86,14 +86,18 @@ class DatasetConfig(_Strict):
 
 
 class ModelSpec(_Strict):
-    """The architecture (:func:`salign.models.build` name and arguments), or a checkpoint file.
+    """The model: any :func:`salign.models.load_spec` spec (a registry name, ``torchvision/<arch>``,
+    ``timm/<arch>``, ``file.py:factory``) with its arguments and ``weights`` file, or a file.
 
-    ``checkpoint`` (only without ``training``): evaluate this :func:`salign.models.save` file.
+    ``checkpoint`` (only without ``training``): evaluate this file (a :func:`salign.models.save`
+    checkpoint or a ``.pt2`` export). ``weights`` (only without ``training``): the state dict
+    loaded into the model ``name`` builds. A study that trains needs a registry ``name``.
     """
 
     name: str = "smallnet"
     kwargs: dict[str, Any] = Field(default_factory=dict)
     checkpoint: str | None = None
+    weights: str | None = None
 
 
 class SweepConfig(_Strict):
@@ -272,8 +276,10 @@ class ExperimentConfig(_Strict):
         if self.training is None and self.sweep is not None:
             raise ValueError("'sweep' needs a 'training' section (or remove 'sweep' to evaluate one model)")
         if self.training is not None:
-            if self.model.checkpoint is not None:
-                raise ValueError("model.checkpoint is for evaluating a given model; remove it or 'training'")
+            if self.model.checkpoint is not None or self.model.weights is not None:
+                raise ValueError(
+                    "model.checkpoint and model.weights are for evaluating a given model; remove them or 'training'"
+                )
             if "model" in self.training.model_fields_set:
                 raise ValueError(
                     "set the architecture in the top-level 'model' section, not in 'training.model'"

@@ -202,9 +202,11 @@ def _load_model(cfg: ExperimentConfig, checkpoint: Path | None, device: torch.de
     if checkpoint is not None:
         return salign.models.load(checkpoint, map_location=device)
     if cfg.model.checkpoint is not None:
-        return salign.models.load(cfg.model.checkpoint, map_location=device)
+        return salign.models.load_spec(cfg.model.checkpoint, map_location=device)
     torch.manual_seed(cfg.seed)
-    return salign.models.build(cfg.model.name, **cfg.model.kwargs).to(device).eval()
+    return salign.models.load_spec(
+        cfg.model.name, weights=cfg.model.weights, map_location=device, **cfg.model.kwargs
+    )
 
 
 def _parts_dir(run_dir: Path, tag: str) -> Path:

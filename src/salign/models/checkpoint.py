@@ -20,7 +20,7 @@ from torch import nn
 from salign._io import atomic_path
 from salign.errors import CheckpointError, MissingFileError
 from salign.models.registry import build, spec_of
-from salign.models.weights import read_state_dict
+from salign.models.weights import looks_like, read_state_dict, sniff_format
 from salign.models.weights import state_mismatch as _state_mismatch
 
 META_KEY = "salign_model"
@@ -53,6 +53,9 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
         with safe_open(str(p), framework="pt") as fh:
             return dict(fh.metadata() or {})
     except (SafetensorError, OSError, ValueError) as exc:
+        hint = looks_like(sniff_format(p))
+        if hint:
+            raise CheckpointError(f"{p} is not a salign checkpoint: it {hint}") from exc
         raise CheckpointError(f"{p} is not a readable safetensors checkpoint: {exc}") from exc
 
 
@@ -68,8 +71,8 @@ def load(path: str | os.PathLike[str], *, map_location: str | torch.device = "cp
     meta = read_metadata(p)
     if META_KEY not in meta:
         raise CheckpointError(
-            f"{p} has no {META_KEY!r} metadata, so it is not a salign model checkpoint "
-            "(build the model yourself and use load_state_dict_file)"
+            f"{p} has no {META_KEY!r} metadata, so it is not a salign model checkpoint: it "
+            f"{looks_like('safetensors-weights')} (Python: build the model and use load_state_dict_file)"
         )
     try:
         spec = json.loads(meta[META_KEY])

@@ -14,6 +14,8 @@ from salign.models.efficientnet import efficientnet_lite0
 from salign.models.resnet import ResNet18
 from salign.models.simple import Linear, ReLUCNN, ReLUMLP
 from salign.models.smallnet import SmallNet
+from salign.models.timm_models import PREFIX as TIMM_PREFIX
+from salign.models.timm_models import timm_model
 from salign.models.torchvision_models import PREFIX as TORCHVISION_PREFIX
 from salign.models.torchvision_models import file_sha256, torchvision_model
 
@@ -44,14 +46,18 @@ def build(name: str, **kwargs: Any) -> nn.Module:
             ``"relu_cnn"``, ``"resnet18"``, ``"efficientnet_lite0"``), or
             ``"torchvision/<name>"`` for any torchvision classifier (needs the ``vision`` extra;
             keywords ``weights=PATH``, ``num_classes``, ``normalization``: see
-            :func:`salign.models.torchvision_models.torchvision_model`).
+            :func:`salign.models.torchvision_models.torchvision_model`), or ``"timm/<name>"``
+            when timm is installed (same keywords, see :func:`salign.models.timm_models.timm_model`).
         **kwargs: the model's constructor arguments (e.g. ``bias=False``, ``num_classes=10``).
     """
     if name.startswith(TORCHVISION_PREFIX):
-        return _build_torchvision(name, kwargs)
+        return _build_foreign(name, kwargs, torchvision_model, TORCHVISION_PREFIX, "imagenet")
+    if name.startswith(TIMM_PREFIX):
+        return _build_foreign(name, kwargs, timm_model, TIMM_PREFIX, "model")
     if name not in MODELS:
         raise ConfigError(
-            f"unknown model {name!r}; available models: {', '.join(available())}, or torchvision/<name>"
+            f"unknown model {name!r}; available models: {', '.join(available())}, "
+            "torchvision/<name> or timm/<name>"
         )
     factory = MODELS[name]
     params = inspect.signature(factory).parameters
@@ -66,15 +72,17 @@ def build(name: str, **kwargs: Any) -> nn.Module:
     return model
 
 
-def _build_torchvision(name: str, kwargs: dict[str, Any]) -> nn.Module:
-    """``torchvision/<arch>``: the spec records the architecture arguments and where the weights
-    came from (file and SHA-256), but not the weights path as an argument: a saved checkpoint
-    holds the weights, so loading it never needs the original file."""
+def _build_foreign(
+    name: str, kwargs: dict[str, Any], factory: Callable[..., nn.Module], prefix: str, normalization: str
+) -> nn.Module:
+    """``torchvision/<arch>`` or ``timm/<arch>``: the spec records the architecture arguments and
+    where the weights came from (file and SHA-256), but not the weights path as an argument: a
+    saved checkpoint holds the weights, so loading it never needs the original file."""
     kwargs = {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}
     weights = kwargs.pop("weights", None)
     kwargs.setdefault("num_classes", 1000)
-    kwargs.setdefault("normalization", "imagenet")
-    model = torchvision_model(name[len(TORCHVISION_PREFIX) :], weights=weights, **kwargs)
+    kwargs.setdefault("normalization", normalization)
+    model = factory(name[len(prefix) :], weights=weights, **kwargs)
     spec: dict[str, Any] = {"name": name, "kwargs": kwargs}
     if weights is not None:
         spec["weights_from"] = {"file": str(weights), "sha256": file_sha256(weights)}

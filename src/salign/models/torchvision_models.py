@@ -24,9 +24,9 @@ from typing import Any
 
 from torch import nn
 
-from salign.errors import CheckpointError, ConfigError, MissingDependencyError
+from salign.errors import ConfigError, MissingDependencyError
 from salign.models.normalize import IMAGENET_MEAN, IMAGENET_STD, CaffeNormalize, Normalize
-from salign.models.weights import read_state_dict, state_mismatch, weights_file
+from salign.models.weights import load_weights_strict, weights_file
 
 PREFIX = "torchvision/"
 #: Accepted ``normalization`` values: torchvision's ImageNet mean/std, the paper's Caffe
@@ -110,7 +110,7 @@ def torchvision_model(
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"torchvision rejected the arguments of {arch!r}: {exc}") from exc
     if path is not None:
-        _load_strict(net, path, arch, num_classes)
+        load_weights_strict(net, path, what=f"torchvision/{arch}", num_classes=num_classes)
     return nn.Sequential(_preprocessing(normalization), net)
 
 
@@ -134,33 +134,6 @@ def _local_weights(weights: object, tvm: Any) -> Path:
     if isinstance(weights, str) and _HUB_WEIGHTS.match(weights) and not Path(weights).exists():
         raise ConfigError(f"weights={weights!r} names torchvision's hub weights; {download}")
     return weights_file(weights)
-
-
-def _load_strict(net: nn.Module, path: Path, arch: str, num_classes: int) -> None:
-    state = read_state_dict(path)
-    expected = net.state_dict()
-    if set(state) == set(expected):
-        heads = {
-            k: (tuple(state[k].shape), tuple(v.shape))
-            for k, v in expected.items()
-            if tuple(state[k].shape) != tuple(v.shape)
-        }
-        # Only the classifier differs, and only in its first dimension (the number of classes).
-        head_like = [f for f, m in heads.values() if f and f[1:] == m[1:] and m[0] == num_classes]
-        file_classes = {f[0] for f in head_like}
-        if heads and len(head_like) == len(heads) and len(file_classes) == 1:
-            k = next(iter(file_classes))
-            key, (file_shape, _) = next(iter(heads.items()))
-            raise CheckpointError(
-                f"{path} holds weights for {k} classes ({key} is {file_shape}), but num_classes="
-                f"{num_classes} was asked: pass num_classes={k}"
-            )
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(
-            f"{path} does not fit torchvision/{arch} (num_classes={num_classes}): {state_mismatch(net, state)}"
-        ) from exc
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

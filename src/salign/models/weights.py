@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import re
+import struct
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -48,7 +50,11 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
             state dict of tensors inside.
     """
     p = weights_file(path)
-    if p.suffix == ".safetensors":
+    kind = sniff_format(p)
+    if kind in ("pt2", "torchscript", "python", "npz"):
+        raise CheckpointError(f"{p} {looks_like(kind)}, not a state dict of weights")
+    # By content, not by name: a torch pickle named .safetensors is still read with weights_only.
+    if kind == "safetensors" or (p.suffix == ".safetensors" and kind == "unknown"):
         try:
             state: Any = load_file(str(p))
         except (SafetensorError, OSError, ValueError) as exc:
@@ -56,6 +62,73 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     else:
         state = _torch_load(p)
     return _strip_prefix(_unwrap(state, p))
+
+
+#: What each kind of file :func:`sniff_format` tells apart is, and what to pass it as.
+_LOOKS_LIKE = {
+    "torch-pickle": "looks like a torch.save pickle (a state dict or a pickled model); salign never "
+    "unpickles models: pass it as --weights FILE with --model file.py:factory (or a model name), "
+    "which reads it with torch.load(weights_only=True)",
+    "torchscript": "looks like a TorchScript archive (torch.jit.save), which runs its own code on "
+    "loading; export the model with torch.export.save(torch.export.export(model, (x,)), 'model.pt2') "
+    "and pass the .pt2 as --model",
+    "pt2": "looks like a torch.export archive (.pt2); pass it as --model model.pt2 (no --weights)",
+    "safetensors-weights": "looks like a safetensors state dict without salign's architecture record; "
+    "pass it as --weights FILE with --model file.py:factory (or a model name)",
+    "python": "looks like Python source; name its factory function: --model file.py:make_model",
+    "npz": "looks like a NumPy .npz archive (data?); pass data as --data FILE",
+}
+
+
+def sniff_format(path: str | os.PathLike[str]) -> str:
+    """What kind of model or weights file ``path`` is, from its first bytes (no code runs).
+
+    One of ``"safetensors"``, ``"pt2"`` (torch.export), ``"torchscript"``, ``"torch-pickle"``
+    (torch.save's zip format or a legacy/plain pickle), ``"npz"``, ``"python"`` or
+    ``"unknown"``.
+    """
+    p = Path(path)
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(16)
+        size = p.stat().st_size
+    except OSError:
+        return "unknown"
+    if p.suffix == ".py":
+        return "python"
+    if head.startswith(b"PK\x03\x04"):
+        return _sniff_zip(p)
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:  # pickle protocol 2-5
+        return "torch-pickle"
+    if len(head) >= 9:
+        (n,) = struct.unpack("<Q", head[:8])
+        if 0 < n <= size - 8 and head[8:9] == b"{":
+            return "safetensors"
+    return "unknown"
+
+
+def _sniff_zip(p: Path) -> str:
+    try:
+        with zipfile.ZipFile(p) as zf:
+            names = zf.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return "unknown"
+    base = {n.rsplit("/", 1)[-1] for n in names}
+    if "archive_format" in base and any("/models/" in n or n.startswith("models/") for n in names):
+        return "pt2"
+    if "constants.pkl" in base and any("/code/" in n for n in names):
+        return "torchscript"
+    if "data.pkl" in base:
+        return "torch-pickle"
+    if names and all(n.endswith(".npy") for n in names):
+        return "npz"
+    return "unknown"
+
+
+def looks_like(kind: str) -> str:
+    """The error-message phrase for a file of ``kind`` (see :func:`sniff_format`) handed to the
+    wrong place: what it looks like and what to pass instead ("" for unknown kinds)."""
+    return _LOOKS_LIKE.get(kind, "")
 
 
 def _torch_load(p: Path) -> Any:
@@ -105,6 +178,39 @@ def _strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def load_weights_strict(
+    net: nn.Module, path: str | os.PathLike[str], *, what: str, num_classes: int | None = None
+) -> None:
+    """Load the state dict in ``path`` into ``net`` strictly, or say in one line why it does not fit.
+
+    ``what`` names the architecture in the message. With ``num_classes``, a file whose only
+    difference is the classifier's number of classes gets "pass num_classes=K".
+    """
+    state = read_state_dict(path)
+    expected = net.state_dict()
+    if num_classes is not None and set(state) == set(expected):
+        heads = {
+            k: (tuple(state[k].shape), tuple(v.shape))
+            for k, v in expected.items()
+            if tuple(state[k].shape) != tuple(v.shape)
+        }
+        # Only the classifier differs, and only in its first dimension (the number of classes).
+        head_like = [f for f, m in heads.values() if f and f[1:] == m[1:] and m[0] == num_classes]
+        file_classes = {f[0] for f in head_like}
+        if heads and len(head_like) == len(heads) and len(file_classes) == 1:
+            k = next(iter(file_classes))
+            key, (file_shape, _) = next(iter(heads.items()))
+            raise CheckpointError(
+                f"{path} holds weights for {k} classes ({key} is {file_shape}), but num_classes="
+                f"{num_classes} was asked: pass num_classes={k}"
+            )
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        classes = "" if num_classes is None else f" (num_classes={num_classes})"
+        raise CheckpointError(f"{path} does not fit {what}{classes}: {state_mismatch(net, state)}") from exc
 
 
 def state_mismatch(model: nn.Module, state: Mapping[str, torch.Tensor], examples: int = 3) -> str:
