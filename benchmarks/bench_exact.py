@@ -7,8 +7,11 @@ MNIST test images from ``--first`` it solves ρ_p exactly (``salign.exact.exact_
 HiGHS for L∞ and L1, SCIP for L2) and compares, per norm:
 
 * ours: ``salign.robustness(model, x, norm=p)`` with the standard budget;
-* foolbox 3.3.4 (if installed): FMN (L2, L∞, L1) and DDN (L2), 1000 steps, ``epsilons=None``;
-* pyautoattack 0.2.0 (if installed): FAB (L∞, L2; one restart, 100 iterations).
+* foolbox 3.3.4 (if installed): FMN (L2, L∞, L1) and DDN (L2), 1000 steps, and EAD (L1, 9
+  binary-search steps × 1000), ``epsilons=None``;
+* pyautoattack 0.2.0 (if installed): FAB (L∞, L2, L1; one restart, 100 iterations), FAB-T (the
+  same against each of the 9 other classes, per-sample best), and in L∞ APGD-CE / APGD-DLR
+  (100 iterations) at ε = our median: the samples they break that we put farther than ε.
 
 Every attack's point is verified the same way (clip to [0, 1], re-forward, another class);
 ratios are per-sample attack ÷ exact distance. Per-sample results are cached in JSON, so a
@@ -109,16 +112,26 @@ def run_ours(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, p: float) 
     return verified(model, x, r.adv, labels, p), time.perf_counter() - start
 
 
+def run_ours_with_fab(
+    model: nn.Module, x: torch.Tensor, labels: torch.Tensor, p: float
+) -> tuple[list[float], float]:
+    """L2: the default attacks with FAB-T after DeepFool (as the L∞ / L1 ensembles run it)."""
+    start = time.perf_counter()
+    attacks = ("deepfool", "fab", "ddn", "fmn", "alma")
+    r = salign.robustness(model, x, labels, norm=p, attacks=attacks, budget="standard", quiet=True)
+    return verified(model, x, r.adv, labels, p), time.perf_counter() - start
+
+
 def foolbox_runner(name: str) -> Callable[..., tuple[list[float], float]] | None:
     try:
         import foolbox as fb
     except ImportError:
         return None
     make = {"fmn": {2.0: fb.attacks.L2FMNAttack, math.inf: fb.attacks.LInfFMNAttack, 1.0: fb.attacks.L1FMNAttack},
-            "ddn": {2.0: fb.attacks.DDNAttack}}[name]  # fmt: skip
+            "ddn": {2.0: fb.attacks.DDNAttack}, "ead": {1.0: fb.attacks.EADAttack}}[name]  # fmt: skip
 
     def run(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, p: float) -> tuple[list[float], float]:
-        attack = make[p](steps=FOOLBOX_STEPS)  # foolbox's default is 10 steps
+        attack = make[p](steps=FOOLBOX_STEPS)  # foolbox's default is 10 steps (EAD: 10000)
         fmodel = fb.PyTorchModel(model.eval(), bounds=(0, 1))
         start = time.perf_counter()
         with warnings.catch_warnings():
@@ -130,23 +143,56 @@ def foolbox_runner(name: str) -> Callable[..., tuple[list[float], float]] | None
     return run
 
 
-def fab_runner() -> Callable[..., tuple[list[float], float]] | None:
+def fab_runner(targeted: bool = False) -> Callable[..., tuple[list[float], float]] | None:
+    """pyautoattack's FAB, one run from x (100 iterations); ``targeted``: FAB-T, one such run
+    against each of the 9 highest other logits, keeping the per-sample best."""
     try:
         from pyautoattack.fab_pt import FABAttack_PT
     except ImportError:
         return None
 
     def run(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, p: float) -> tuple[list[float], float]:
-        norm = {2.0: "L2", math.inf: "Linf"}[p]
-        attack = FABAttack_PT(model.eval(), norm=norm, n_restarts=1, n_iter=100, eps=10.0, seed=0)
+        norm = {2.0: "L2", math.inf: "Linf", 1.0: "L1"}[p]
+        attack = FABAttack_PT(model.eval(), norm=norm, n_restarts=1, n_iter=100, eps=1e3, seed=0)
         start = time.perf_counter()
+        best = [math.inf] * len(x)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            adv = attack.attack_single_run(x, labels, use_rand_start=False, is_targeted=False)
-        return verified(model, x, adv, labels, p), time.perf_counter() - start
+            for target in range(2, 11) if targeted else [None]:
+                attack.target_class = target
+                adv = attack.attack_single_run(x, labels, use_rand_start=False, is_targeted=targeted)
+                best = [min(a, b) for a, b in zip(best, verified(model, x, adv, labels, p), strict=True)]
+        return best, time.perf_counter() - start
 
-    run.norms = {2.0, math.inf}  # type: ignore[attr-defined]
+    run.norms = {2.0, math.inf, 1.0}  # type: ignore[attr-defined]
     return run
+
+
+def apgd_check(
+    model: nn.Module, x: torch.Tensor, labels: torch.Tensor, eps: float, ours: list[float], exact: list[float]
+) -> str | None:
+    """pyautoattack's APGD-CE and APGD-DLR (L∞, 100 iterations) at ε: a sample they break within
+    ε that our ensemble puts farther than ε is one our minimal-norm estimate missed."""
+    try:
+        from pyautoattack.autopgd_base import APGDAttack
+    except ImportError:
+        return None
+    farther = [i for i, d in enumerate(ours) if d > eps]
+    broken: set[int] = set()
+    start = time.perf_counter()
+    for loss in ("ce", "dlr"):
+        attack = APGDAttack(model.eval(), norm="Linf", eps=eps, n_iter=100, loss=loss, seed=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            adv = attack.perturb(x.clone(), labels.clone())
+        d = verified(model, x, adv, labels, math.inf)
+        broken |= {i for i in farther if d[i] <= eps * (1 + 1e-6)}
+    below = sum(e <= eps for i, e in enumerate(exact) if i in farther)
+    return (
+        f"pyautoattack APGD-CE + APGD-DLR (L∞, 100 iterations each, {time.perf_counter() - start:.1f} s) at "
+        f"ε = our median {eps:.4g}: break **{len(broken)}** of the {len(farther)} samples we put farther "
+        f"than ε (the exact ρ puts {below} of those within ε)."
+    )
 
 
 def load_cache(path: Path) -> dict[str, Any]:
@@ -241,7 +287,9 @@ def main() -> None:
         peers = {
             "foolbox FMN (1000 steps)": foolbox_runner("fmn"),
             "foolbox DDN (1000 steps)": foolbox_runner("ddn"),
+            "foolbox EAD (9 × 1000 steps)": foolbox_runner("ead"),
             "FAB (pyautoattack)": fab_runner(),
+            "FAB-T (pyautoattack, 9 targets)": fab_runner(targeted=True),
         }
     started = time.perf_counter()
     sections: list[str] = []
@@ -264,6 +312,8 @@ def main() -> None:
             runners: dict[str, Callable[..., tuple[list[float], float]]] = {
                 "salign robustness (standard)": run_ours
             }
+            if p == 2:
+                runners["salign robustness (standard) + FAB-T"] = run_ours_with_fab
             runners.update({k: v for k, v in peers.items() if v is not None and p in v.norms})  # type: ignore[attr-defined]
             for label, fn in runners.items():
                 akey = f"{label}|{pname}"
@@ -275,14 +325,18 @@ def main() -> None:
             sections.append(f"\n### L{pname}\n")
             sections += table(exact, attacks, args.gap)
             ours = attacks["salign robustness (standard)"][0]
-            if p in (2.0, math.inf):
-                med_ratio = statistics.median(ours) / statistics.median(exact["distance"])
-                worst = max(d / e for d, e in zip(ours, exact["distance"], strict=True))
-                holds = med_ratio <= 1.005 and worst <= 1.02
-                verdicts.append(
-                    f"- {name}, L{pname}: median ratio {med_ratio:.4f} (goal ≤ 1.005), worst sample "
-                    f"{worst:.4f} (goal ≤ 1.02): **{'holds' if holds else 'does not hold'}**"
-                )
+            if math.isinf(p) and not args.no_peers:
+                line = apgd_check(model, x, pred, statistics.median(ours), ours, exact["distance"])
+                if line:
+                    sections += ["", line]
+            # the issue sets the goal for L2 and L∞; L1 is held to the same bar here
+            med_ratio = statistics.median(ours) / statistics.median(exact["distance"])
+            worst = max(d / e for d, e in zip(ours, exact["distance"], strict=True))
+            holds = med_ratio <= 1.005 and worst <= 1.02
+            verdicts.append(
+                f"- {name}, L{pname}: median ratio {med_ratio:.4f} (goal ≤ 1.005), worst sample "
+                f"{worst:.4f} (goal ≤ 1.02): **{'holds' if holds else 'does not hold'}**"
+            )
     total = time.perf_counter() - started
     command = "python benchmarks/bench_exact.py " + " ".join(sys.argv[1:])
     doc = [
@@ -306,6 +360,16 @@ def main() -> None:
         "about that implementation than about FMN; FAB keeps a small overshoot (0/50 within 0.1%), "
         "having no final line search. The inputs were shrunk to 7×7 because at 14×14 (196→32→10) "
         "SCIP left L2 gaps of 10–60% after 30 s per sample.",
+        "",
+        "Why the L∞ / L1 ensembles changed (issue 17): with DeepFool → FMN (warm) → FMN short chain, "
+        "every sample left more than 0.1% above the exact ρ (15 plain and 5 penalised in L∞) had "
+        "reached a different class than the MIP's minimiser, often the 3rd–5th logit: a wrong rival's "
+        "region, not a step size or an early exit (FMN at 5000 steps warm-started there stays). "
+        "FAB-T (`salign.attacks.FAB`, `target_classes=9`, 100 iterations per target) after DeepFool "
+        "visits every rival's boundary; FMN warm-started from its best point, then a cold FMN "
+        "(which reached the exact L∞ minimum on small random ReLU MLPs where every warm run was "
+        "1.4–1.9× above it), give the rows below. In L2 the same FAB-T run is measured as an extra "
+        "row; the default L2 ensemble is unchanged.",
         "",
         "## The issue's goal (salign robustness: median within 0.5%, every sample within 2%)",
         "",

@@ -19,7 +19,7 @@ from _attacks_helpers import (
     linear_problem,
     near_tie_linear_problem,
 )
-from salign.attacks import AttackResult, alma, carlini_wagner, ddn, deepfool, fmn, robustness
+from salign.attacks import AttackResult, alma, carlini_wagner, ddn, deepfool, fab, fmn, robustness
 from salign.errors import InputError, InputTypeError, ModelOutputError
 
 
@@ -32,7 +32,14 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-ATTACK_FNS = {"deepfool": deepfool, "ddn": ddn, "fmn": fmn, "alma": alma, "carlini_wagner": carlini_wagner}
+ATTACK_FNS = {
+    "deepfool": deepfool,
+    "ddn": ddn,
+    "fmn": fmn,
+    "alma": alma,
+    "carlini_wagner": carlini_wagner,
+    "fab": fab,
+}
 
 
 def _quiet(fn, *args, **kwargs):
@@ -52,7 +59,7 @@ REFINED = {"line_search_steps": 20, "polish_steps": 2}
 @pytest.mark.parametrize("name", list(ATTACK_FNS))
 def test_each_attack_finds_linear_rho_within_half_percent(name: str, dtype: torch.dtype) -> None:
     model, x, rho = linear_problem(dtype=dtype)
-    steps = {"deepfool": 50, "carlini_wagner": 200}.get(name, 1000)  # standard budget
+    steps = {"deepfool": 50, "carlini_wagner": 200, "fab": 100}.get(name, 1000)  # standard budget
     kwargs = {"binary_search_steps": 5} if name == "carlini_wagner" else {}
     res = ATTACK_FNS[name](model, x, steps=steps, **kwargs, **REFINED)
     assert isinstance(res, AttackResult)
@@ -135,7 +142,7 @@ def test_lp_attacks_find_the_linear_rho(norm: float, dtype: torch.dtype) -> None
         torch.testing.assert_close(res.distance, lp_norm(res.adv - x, norm))
         assert bool((model(res.adv).argmax(1) != model(x).argmax(1)).all())
     ens = robustness(model, x, norm=norm, quiet=True)
-    assert ens.norm == norm and set(ens.per_attack) == {"deepfool", "fab", "fmn", "fmn_short"}
+    assert ens.norm == norm and set(ens.per_attack) == {"deepfool", "fab", "fmn", "fmn_cold", "fmn_short"}
     assert float((ens.distance.double() / rho.double() - 1).abs().max()) < 1e-3
 
 
@@ -180,7 +187,7 @@ def test_robustness_is_reexported_from_salign() -> None:
 # --- verified success ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["deepfool", "ddn", "fmn", "alma"])
+@pytest.mark.parametrize("name", ["deepfool", "ddn", "fmn", "alma", "fab"])
 def test_grad_mode_liar_is_reported_as_not_found(name: str) -> None:
     torch.manual_seed(0)
     model = GradModeLiar(16).double()

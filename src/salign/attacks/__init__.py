@@ -1,8 +1,8 @@
-"""Minimal-norm attacks (L2; DeepFool and FMN also L∞ and L1) and the verified ensemble that
+"""Minimal-norm attacks (L2; DeepFool, FMN and FAB also L∞ and L1) and the verified ensemble that
 estimates ρ(x).
 
 Each attack is a frozen dataclass of its options with the paper's defaults (:class:`DDN`,
-:class:`FMN`, :class:`ALMA`, :class:`DeepFool`, :class:`CarliniWagner`), callable on a batch,
+:class:`FMN`, :class:`ALMA`, :class:`DeepFool`, :class:`CarliniWagner`, :class:`FAB`), callable on a batch,
 and a function of the same name (``ddn(model, x, labels, **options)``). Every call returns a
 new :class:`AttackResult` whose success is verified by re-forwarding the adversarial points.
 :func:`robustness` runs a plan of tuned attacks (:func:`default_plan`) and keeps the per-sample minimum,

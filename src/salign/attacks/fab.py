@@ -136,9 +136,8 @@ class FAB(Attack):
                 if self.epsilon is not None:
                     radius = radius.clamp(max=self.epsilon)
                 radius = torch.where(torch.isfinite(radius), radius, 0.0)
-                point = (x + batch_view(radius / 2, x) * random_direction(x, self.norm, generator)).clamp(
-                    0, 1
-                )
+                offset = batch_view(radius / 2, x) * random_direction(x, self.norm, generator)
+                point = (x + offset).clamp(0, 1)
             for _, idx, _ in tracker.iterations(self.steps, schedule=False):
                 xa, lab, cur = x[idx], labels[idx], point[idx]
                 with torch.enable_grad():
