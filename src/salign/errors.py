@@ -43,3 +43,11 @@ class MissingDependencyError(SalignError, ImportError):
 
 class ModelOutputError(SalignError, ValueError):
     """The model returned something that is not an (N, K) tensor of finite logits."""
+
+
+def describe_error(exc: BaseException) -> str:
+    """``"Type: first line of the message"``: a foreign exception in one line, for the messages
+    of the errors above (the original stays chained, so ``--debug`` shows its traceback)."""
+    text = str(exc).strip()
+    name = type(exc).__name__
+    return f"{name}: {text.splitlines()[0]}" if text else name

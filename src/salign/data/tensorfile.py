@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from salign._validation import check_inputs, check_labels
-from salign.errors import DataError, InputError, InputTypeError, MissingFileError
+from salign.errors import DataError, InputError, InputTypeError, MissingFileError, describe_error
 
 #: File suffixes read by :func:`read_tensor_file` (and so accepted as ``--data FILE``).
 TENSOR_FILE_SUFFIXES = (".npz", ".safetensors", ".pt", ".pth")
@@ -92,9 +92,8 @@ def _read(p: Path, suffix: str) -> Mapping[str, Any]:
             return load_file(str(p))
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # BadZipFile, pickled object arrays, SafetensorError, UnpicklingError, ...
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise DataError(
-            f"{p} is not a readable {suffix} file of tensors ({type(exc).__name__}: {text}); "
+            f"{p} is not a readable {suffix} file of tensors ({describe_error(exc)}); "
             "object arrays and pickled classes are refused"
         ) from exc
     if isinstance(obj, Tensor):
