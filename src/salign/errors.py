@@ -47,3 +47,11 @@ class ModelOutputError(SalignError, ValueError):
 
 class TrainingError(SalignError, RuntimeError):
     """Training cannot go on (e.g. a non-finite loss); the last good state is kept on disk."""
+
+
+def describe_error(exc: BaseException) -> str:
+    """``"Type: first line of the message"``: a foreign exception in one line, for the messages
+    of the errors above (the original stays chained, so ``--debug`` shows its traceback)."""
+    text = str(exc).strip()
+    name = type(exc).__name__
+    return f"{name}: {text.splitlines()[0]}" if text else name

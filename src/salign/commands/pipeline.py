@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from salign.commands._inputs import CHECKPOINT_ARG, MODEL_OPT, WEIGHTS_OPT
+from salign.commands._inputs import MODEL_OPT, WEIGHTS_OPT
 
 
 def _print_report(report: Any, *, sentences: bool = True) -> None:
@@ -56,7 +56,11 @@ def register(app: typer.Typer) -> None:
 
     @app.command("evaluate")
     def evaluate_command(
-        checkpoint: Path | None = CHECKPOINT_ARG,
+        checkpoint: Path | None = typer.Argument(
+            None,
+            help="A salign checkpoint (.safetensors) or .pt2 export (or use --model).",
+            show_default=False,
+        ),
         model_spec: str | None = MODEL_OPT,
         weights: Path | None = WEIGHTS_OPT,
         data: str = typer.Option(

@@ -12,7 +12,8 @@ optionally ``y`` (integer class labels, (N,)). Nothing in it runs: ``.npz`` is r
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import torch
 from torch import Tensor
 
 from salign._validation import check_inputs, check_labels
-from salign.errors import DataError, InputError, InputTypeError, MissingFileError
+from salign.errors import DataError, InputError, InputTypeError, MissingFileError, describe_error
 
 #: File suffixes read by :func:`read_tensor_file` (and so accepted as ``--data FILE``).
 TENSOR_FILE_SUFFIXES = (".npz", ".safetensors", ".pt", ".pth")
@@ -59,13 +60,23 @@ def read_tensor_file(path: str | os.PathLike[str]) -> tuple[Tensor, Tensor | Non
     if y is None:
         return x, None
     if not isinstance(y, Tensor):
-        raise InputTypeError(f"'y' in {p} must be a tensor of class labels, got {type(y).__name__}")
+        raise InputTypeError(f"{p.name}: y must be a tensor of class labels, got {type(y).__name__}")
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
-    y = check_labels(y, x.shape[0], name=f"'y' in {p.name}")
+    with _naming(p):
+        y = check_labels(y, x.shape[0], name="y")
     if y.numel() and int(y.min()) < 0:
-        raise InputError(f"'y' in {p.name} has negative labels (min {int(y.min())}); labels are 0..K-1")
+        raise InputError(f"{p.name}: y has negative labels (min {int(y.min())}); labels are 0..K-1")
     return x, y
+
+
+@contextmanager
+def _naming(p: Path) -> Iterator[None]:
+    """Prefix the shared input checks' messages (which name ``x``/``y``) with the file's name."""
+    try:
+        yield
+    except (InputError, InputTypeError) as exc:
+        raise type(exc)(f"{p.name}: {exc}") from exc
 
 
 def _read(p: Path, suffix: str) -> Mapping[str, Any]:
@@ -81,9 +92,8 @@ def _read(p: Path, suffix: str) -> Mapping[str, Any]:
             return load_file(str(p))
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # BadZipFile, pickled object arrays, SafetensorError, UnpicklingError, ...
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise DataError(
-            f"{p} is not a readable {suffix} file of tensors ({type(exc).__name__}: {text}); "
+            f"{p} is not a readable {suffix} file of tensors ({describe_error(exc)}); "
             "object arrays and pickled classes are refused"
         ) from exc
     if isinstance(obj, Tensor):
@@ -96,7 +106,7 @@ def _read(p: Path, suffix: str) -> Mapping[str, Any]:
 
 
 def _images(x: Any, p: Path) -> Tensor:
-    name = f"'x' in {p.name}"
+    name = f"{p.name}: x"
     if not isinstance(x, Tensor):
         raise InputTypeError(f"{name} must be a tensor of images, got {type(x).__name__}")
     if x.ndim == 3:
@@ -110,4 +120,5 @@ def _images(x: Any, p: Path) -> Tensor:
         x = x.to(torch.float32)
     else:
         raise InputTypeError(f"{name} has dtype {x.dtype}; images must be float in [0, 1] or uint8 in 0..255")
-    return check_inputs(x, name=name)
+    with _naming(p):
+        return check_inputs(x, name="x")

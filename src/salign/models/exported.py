@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from salign.errors import CheckpointError, InputError
+from salign.errors import CheckpointError, InputError, describe_error
 from salign.models.weights import looks_like, sniff_format
 
 #: Layout of torch.export's archive (torch/export/pt2_archive/constants.py), relative to its root.
@@ -97,8 +97,7 @@ def load_exported(path: str | os.PathLike[str]) -> ExportedModel:
         try:
             program = torch.export.load(p)
         except Exception as exc:  # an archive torch cannot read: RuntimeError, KeyError, ...
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise CheckpointError(f"{p}: torch.export.load failed: {type(exc).__name__}: {first}") from exc
+            raise CheckpointError(f"{p}: torch.export.load failed: {describe_error(exc)}") from exc
     user_inputs = list(program.graph_signature.user_inputs)
     if len(user_inputs) != 1:
         raise CheckpointError(

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from salign.errors import CheckpointError, ConfigError, MissingFileError
+from salign.errors import CheckpointError, ConfigError, MissingFileError, describe_error
 from salign.models.checkpoint import load as load_checkpoint
 from salign.models.exported import load_exported
 from salign.models.registry import MODELS, available, build
@@ -135,7 +135,7 @@ def _from_factory(target: str, attr: str, kwargs: dict[str, Any]) -> nn.Module:
         try:
             module = importlib.import_module(target)
         except Exception as exc:
-            raise ConfigError(f"cannot import module {target!r}: {_one_line(exc)}") from exc
+            raise ConfigError(f"cannot import module {target!r}: {describe_error(exc)}") from exc
         where = getattr(module, "__file__", None) or target
     obj: Any = module
     for part in attr.split("."):
@@ -151,7 +151,7 @@ def _from_factory(target: str, attr: str, kwargs: dict[str, Any]) -> nn.Module:
         try:
             model = obj(**kwargs)
         except Exception as exc:
-            raise ConfigError(f"{where}:{attr}({_kwargs_text(kwargs)}) raised {_one_line(exc)}") from exc
+            raise ConfigError(f"{where}:{attr}({_kwargs_text(kwargs)}) raised {describe_error(exc)}") from exc
     if not isinstance(model, nn.Module):
         raise ConfigError(f"{where}:{attr} returned a {type(model).__name__}, not a torch.nn.Module")
     return model
@@ -173,7 +173,7 @@ def _import_file(path: Path) -> Any:
         except (Exception, SystemExit) as exc:
             del sys.modules[name]
             raise ConfigError(
-                f"{path}: importing the model file raised {_one_line(exc)} (salign --debug shows the traceback)"
+                f"{path}: importing the model file raised {describe_error(exc)} (salign --debug shows the traceback)"
             ) from exc
     return module
 
@@ -195,9 +195,3 @@ def _on_path(folder: Path | None) -> Iterator[None]:
 
 def _kwargs_text(kwargs: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    first = text.splitlines()[0] if text else ""
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
