@@ -181,7 +181,7 @@ def test_gradient_and_input_x_gradient_equal_salign_and_captum() -> None:
     )
     torch.testing.assert_close(g, saliency(model, x, mode="logit"), rtol=0, atol=0)
     torch.testing.assert_close(attribute(model, x, "gradient"), saliency(model, x), rtol=0, atol=0)
-    ixg = captum_attr.InputXGradient(model).attribute(x, target=y)
+    ixg = captum_attr.InputXGradient(model).attribute(xg, target=y).detach()
     torch.testing.assert_close(attribute(model, x, "input_x_gradient", mode="logit"), ixg, rtol=1e-12, atol=0)
 
 
@@ -435,3 +435,20 @@ def test_attribution_bad_inputs() -> None:
     # a baseline-requiring method works once the baseline is given
     gs = attribute(model, x, captum_attr.GradientShap, baselines=torch.zeros(2, 1, 8, 8, dtype=F64))
     assert gs.shape == x.shape and bool(gs.isfinite().all())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_attributions_on_cuda_match_cpu() -> None:
+    model, x = relu_net(), torch.rand(4, 1, 8, 8, dtype=F64)
+    x_b = salign.attacks.deepfool(model, x, warn=False)
+    cpu = {m: attribute(model, x, m, n_steps=8) for m in ("gradient", "integrated_gradients")}
+    cpu_b = boundary_attributions(model, x, x_b.adv, n_steps=8)
+    model_c, x_c = model.cuda(), x.cuda()
+    for m, ref in cpu.items():
+        out = attribute(model_c, x_c, m, n_steps=8)
+        assert out.device == x_c.device
+        torch.testing.assert_close(out.cpu(), ref)
+    res = boundary_attributions(model_c, x_c, x_b.adv.cuda(), n_steps=8)
+    torch.testing.assert_close(res.direction_cosine.cpu(), cpu_b.direction_cosine, equal_nan=True)
+    q = saliency_quality(res.saliency.nan_to_num(), x_c)
+    assert q.stroke_mass.device == x_c.device
