@@ -9,8 +9,8 @@ SmoothGrad on the raw model are shown beside ours (the wrapper's overhead). Boun
 attributions are timed from a fixed x_b (DeepFool's, computed once before timing: the boundary
 quantities add no attack run).
 
-    python benchmarks/bench_attributions.py               # ~3 min on one thread
-    python benchmarks/bench_attributions.py --quick       # 3 repeats, batch 32
+    python benchmarks/bench_attributions.py               # ~7 min on one loaded thread
+    python benchmarks/bench_attributions.py --quick       # 3 repeats, batch 16
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ import torch
 
 os.environ.setdefault("SALIGN_QUIET", "1")
 
-import salign  # noqa: E402
-from bench_quantities import quartiles, time_interleaved  # noqa: E402
-from salign.attributions import attribute, boundary_attributions  # noqa: E402
+import salign
+from bench_quantities import quartiles, time_interleaved
+from salign.attributions import attribute, boundary_attributions
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks" / "attributions.md"
@@ -40,14 +40,14 @@ BASE = "saliency(mode='logit')"
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
     if args.quick:
-        args.batch, args.repeats = 32, 3
+        args.batch, args.repeats = 16, 3
     torch.set_num_threads(args.threads)
     from captum.attr import IntegratedGradients, NoiseTunnel, Saliency
 
@@ -81,9 +81,17 @@ def main(argv: list[str]) -> int:
         ),
         "smoothgrad (logit, 16 samples)": lambda: attribute(model, x, "smoothgrad", mode="logit"),
         "captum NoiseTunnel(Saliency) (16 samples, batch 1)": lambda: nt.attribute(
-            x, nt_type="smoothgrad", nt_samples=16, nt_samples_batch_size=1, stdevs=0.15, target=pred, abs=False
+            x,
+            nt_type="smoothgrad",
+            nt_samples=16,
+            nt_samples_batch_size=1,
+            stdevs=0.15,
+            target=pred,
+            abs=False,
         ),
-        "boundary_gradient (adversarial pair)": lambda: attribute(model, x, "boundary_gradient", boundary=x_b),
+        "boundary_gradient (adversarial pair)": lambda: attribute(
+            model, x, "boundary_gradient", boundary=x_b
+        ),
         "boundary_attributions (all columns, 50 IG steps)": lambda: boundary_attributions(model, x, x_b),
     }
     wall, cpu = time_interleaved(v, args.repeats)

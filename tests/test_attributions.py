@@ -176,8 +176,9 @@ def test_gradient_and_input_x_gradient_equal_salign_and_captum() -> None:
     model, x = relu_net(), torch.rand(5, 1, 8, 8, dtype=F64)
     y = model(x).argmax(1)
     g = attribute(model, x, "gradient", mode="logit")
+    xg = x.clone().requires_grad_()  # captum warns about inputs that do not require grad
     torch.testing.assert_close(
-        g, captum_attr.Saliency(model).attribute(x, target=y, abs=False), rtol=1e-12, atol=0
+        g, captum_attr.Saliency(model).attribute(xg, target=y, abs=False), rtol=1e-12, atol=0
     )
     torch.testing.assert_close(g, saliency(model, x, mode="logit"), rtol=0, atol=0)
     torch.testing.assert_close(attribute(model, x, "gradient"), saliency(model, x), rtol=0, atol=0)

@@ -173,10 +173,10 @@ def _chunk(
             reached = check_logits(run_model(model, xb), xb.shape[0]).argmax(1)
     failed = points.failed[part] | (reached == i)
     rv: object = rival
-    if rival == "adversarial":  # the pair x_b crosses; any valid class where there is none
-        rv = torch.where(failed, runner_up(logits, i), reached)
-    elif isinstance(rival, Tensor):
+    if isinstance(rival, Tensor):
         rv = rival[part]
+    elif rival == "adversarial":  # the pair x_b crosses; any valid class where there is none
+        rv = torch.where(failed, runner_up(logits, i), reached)
     at_x = score_at(model, xs, i, mode, rv, candidates, p)
     same = at_x.classes[:, 1] if mode == "binarized" else rival
     at_b = score_at(model, xb, i, mode, same, candidates, p)
@@ -186,7 +186,7 @@ def _chunk(
     big = xs.new_full(xs.shape, math.nan)
     if ig is not None:
         bound, opts = ig
-        big = _captum.run(bound, xs, at_x.classes, {**chunk_options(opts, xs, part), "baselines": xb})
+        big = _captum.run(bound, xs, at_x.classes, {**chunk_options(opts, points.adv, part), "baselines": xb})
     has_rival = mode in ("binarized", "margin")
     cols = {
         "target": i,
