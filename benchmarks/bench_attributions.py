@@ -36,6 +36,15 @@ from salign.attributions import attribute, boundary_attributions
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks" / "attributions.md"
 BASE = "saliency(mode='logit')"
+READING = (
+    "Reading: the cost model is the number of forward+backward passes. IG costs its `n_steps` "
+    "passes (plus one at x for the pair), SmoothGrad its `nt_samples`; salign's IG and SmoothGrad "
+    "cost what captum's own do on the raw model (the rows side by side), so the one-output wrapper "
+    "and the binarized / shift-invariant targets add nothing measurable. `gradient` with the "
+    "nearest rival pays the K − 1 backwards of the j* search, as `salign.saliency` does. "
+    "`boundary_gradient` is two gradients and two plain forwards; `boundary_attributions` adds one "
+    "IG from x_b to that."
+)
 
 
 def main(argv: list[str]) -> int:
@@ -122,6 +131,8 @@ def main(argv: list[str]) -> int:
             "others cost the same and come back NaN): they run no attack.",
             "",
             *lines,
+            "",
+            READING,
             "",
         ]
     )
