@@ -216,6 +216,10 @@ def test_smoothgrad_equals_captum_and_its_binarized_target_is_per_sample() -> No
         x, nt_type="smoothgrad", nt_samples=8, nt_samples_batch_size=1, stdevs=0.1, target=y, abs=False
     )
     torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=0)
+    # a user's captum object built on the model is rebound to f with its own options kept
+    torch.manual_seed(5)
+    user = attribute(model, x, nt, mode="logit", nt_samples=8, nt_samples_batch_size=1, stdevs=0.1, abs=False)
+    torch.testing.assert_close(user, theirs, rtol=1e-12, atol=0)
     # a linear model's SmoothGrad is its gradient: per-sample pairs must follow their samples
     lin, xl = linear_model(k=6), inputs(6, 6)
     i, j = lin(xl).argmax(1), nearest_rival(lin, xl).rival
