@@ -28,11 +28,16 @@ _LAZY = {
     "bias_shifted_input": "salign.quantities",
     "analyze": "salign.quantities",
     "Analysis": "salign.quantities",
+    # attributions beyond the gradient (captum)
+    "attribute": "salign.attributions",
+    "attribution_alignment": "salign.attributions",
+    "boundary_attributions": "salign.attributions",
+    "saliency_quality": "salign.attributions",
     # robustness by attacks
     "robustness": "salign.attacks",
     "AttackResult": "salign.attacks",
 }
-_SUBMODULES = {"attacks", "data", "models", "training", "experiments", "report", "errors"}
+_SUBMODULES = {"attacks", "attributions", "data", "models", "training", "experiments", "report", "errors"}
 
 __all__ = sorted([*_LAZY, *_SUBMODULES, "__version__"])
 

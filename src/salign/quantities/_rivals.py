@@ -207,10 +207,8 @@ def binarized_pair(
     logits = graph.detached_logits()
     k = logits.shape[1]
     ru = runner_up(logits, target)
-    if isinstance(rival, Tensor):
-        riv = _check_rival_classes(rival, target, k)
-    elif rival == "runner_up":
-        riv = ru
+    if isinstance(rival, Tensor) or rival == "runner_up":
+        riv = fixed_rival(logits, target, rival)
     else:  # "nearest"
         res, extra = search_nearest(graph, target, candidates, extra_rows, norm)
         found = res.rival >= 0
@@ -222,6 +220,17 @@ def binarized_pair(
     grads = graph.vjp(cot, last=True)
     extra = grads[:-1] if len(grads) > 1 else None
     return Pair(grads[-1], logit_gap(logits, target, riv), riv, torch.full_like(target, -1), ru, extra)
+
+
+def fixed_rival(logits: Tensor, target: Tensor, rival: object) -> Tensor:
+    """j per sample for the rival choices that need no gradient: ``"runner_up"`` (from the
+    logits) or a tensor of classes (checked: below K, never the target). ``"nearest"`` needs
+    the search of :func:`binarized_pair` and is refused here."""
+    if isinstance(rival, Tensor):
+        return _check_rival_classes(rival, target, logits.shape[1])
+    if rival == "runner_up":
+        return runner_up(logits, target)
+    raise InputError(f"internal: fixed_rival takes 'runner_up' or a tensor of classes, got {rival!r}")
 
 
 def _check_rival_classes(rival: Tensor, target: Tensor, k: int) -> Tensor:
