@@ -7,7 +7,8 @@
 #      + a `torch.save`d state dict, (b) a `torch.export` archive (.pt2) of that user model and
 #      (c) the salign checkpoint must give byte-identical `salign analyze` CSVs and
 #      byte-identical `salign attack` CSVs (issue 19's first acceptance point);
-#   2. with the report extra: a tiny study (`salign run`, 2 λ, 1 epoch on 1000 MNIST images).
+#   2. a study without the report extra stops with a one-line error naming it; with the
+#      report extra: a tiny study (`salign run`, 2 λ, 1 epoch on 1000 MNIST images).
 # Fails (non-zero) on any difference. Run by .ci/run after `salign data fetch` (MNIST must be
 # in the cache, ~/.cache/salign or $SALIGN_DATA). Every pip call runs under a constraints file:
 # the build under constraints.txt, the clean venv under constraints-wheel-check.txt (torch
@@ -77,7 +78,36 @@ where="$("$V/python" -c 'import salign; print(salign.__file__)')"
 grep -q "analyze" help.txt || fail "salign --help lists no analyze command"
 [[ "$("$V/salign" --version)" == "salign $VERSION" ]] || fail "salign --version says '$("$V/salign" --version)', the wheel is $VERSION"
 "$V/salign" info
+# the config behind `salign demo` ships inside the wheel and validates
+"$V/python" -c 'from salign.experiments import load_config, packaged_config as p; print(load_config(p("demo")).name, p("demo"))'
 "$V/salign" data fetch mnist
+
+step "a study without the report extra: a one-line error naming the extra, before any training"
+cat >tiny.yaml <<'EOF'
+name: wheel-check
+description: the wheel check's tiny study (SmallNet, 1000 MNIST images, 1 epoch, 2 lambdas)
+seed: 0
+num_threads: 1
+dataset: {name: mnist, split: test}
+model: {name: smallnet}
+training:
+  epochs: 1
+  batch_size: 50
+  optimizer: {name: adam, lr: 2.0e-3}
+  schedule: {name: constant}
+  regularizer: {method: double_backprop, target: loss, scaling: per_example}
+  data: {train_subset: 1000, val_subset: 200}
+  tensorboard: false
+sweep: {lambdas: [0, 1], method: double_backprop}
+evaluation: {n: 40, seed: 0, batch_size: 40, chunk_size: 40, gallery: 2}
+attacks: {names: [ddn], budget: fast, steps: 20}
+report: {n_bootstrap: 100}
+EOF
+status=0
+"$V/salign" run tiny.yaml --out refused --quiet 2>refused.txt || status=$?
+cat refused.txt
+[[ $status == 2 && $(wc -l <refused.txt) == 1 && "$(cat refused.txt)" == "error: "*"saliency-alignment[report]"* && ! -d refused/models ]] \
+  || fail "salign run without the report extra: status $status, $(wc -l <refused.txt) lines of stderr"
 
 step "train a SmallNet with salign train (core install)"
 cat >train.yaml <<'EOF'
@@ -161,26 +191,6 @@ done
 step "report extra and a tiny study (salign run: SmallNet, 2 λ, 1 epoch on 1000 images)"
 "$V/pip" install -q "saliency-alignment[report] @ file://$WHEEL"
 "$V/pip" check
-cat >tiny.yaml <<'EOF'
-name: wheel-check
-description: the wheel check's tiny study (SmallNet, 1000 MNIST images, 1 epoch, 2 lambdas)
-seed: 0
-num_threads: 1
-dataset: {name: mnist, split: test}
-model: {name: smallnet}
-training:
-  epochs: 1
-  batch_size: 50
-  optimizer: {name: adam, lr: 2.0e-3}
-  schedule: {name: constant}
-  regularizer: {method: double_backprop, target: loss, scaling: per_example}
-  data: {train_subset: 1000, val_subset: 200}
-  tensorboard: false
-sweep: {lambdas: [0, 1], method: double_backprop}
-evaluation: {n: 40, seed: 0, batch_size: 40, chunk_size: 40, gallery: 2}
-attacks: {names: [ddn], budget: fast, steps: 20}
-report: {n_bootstrap: 100}
-EOF
 "$V/salign" run tiny.yaml --out study --quiet >study.txt
 cat study.txt
 for f in study/report.html study/summary.csv study/eval/0.csv study/eval/1.csv; do

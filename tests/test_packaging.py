@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,3 +31,19 @@ def test_cli_prints_the_version(capsys: pytest.CaptureFixture[str]) -> None:
     except SystemExit as exc:
         assert exc.code in (0, None)
     assert capsys.readouterr().out == f"salign {salign.__version__}\n"
+
+
+def test_study_without_the_report_extra_fails_before_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "pandas", None)  # `import pandas` raises ImportError
+    config = tmp_path / "study.yaml"
+    config.write_text("name: s\ndataset: {name: synthetic-gaussian}\nmodel: {name: linear}\n")
+    with pytest.raises(SystemExit) as exc:
+        main(["run", str(config), "--out", str(tmp_path / "run"), "--quiet"])
+    assert exc.value.code == 2
+    assert (
+        capsys.readouterr().err
+        == "error: the report needs pandas: pip install 'saliency-alignment[report]'\n"
+    )
+    assert not (tmp_path / "run").exists()
