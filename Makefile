@@ -10,7 +10,7 @@ export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo test test-all bench lint format venv data clean
+.PHONY: demo test test-all bench lint format venv data docs wheel-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,16 @@ test-all: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
+# The documentation site with the API reference from the docstrings (mkdocs.yml); warnings
+# (a broken link, a docstring that names a parameter the function does not have) are errors.
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict
+
+# Build the sdist and wheel, install only the wheel into a clean venv (torch 2.13.0, its own
+# constraints file) and use it from outside the repository (needs MNIST: `make data`).
+wheel-check: $(STAMP)
+	PYTHON=$(BIN)/python bash scripts/wheel_check.sh
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/ruff format --check src tests benchmarks scripts
@@ -49,4 +59,4 @@ format: $(STAMP)
 	$(BIN)/ruff format src tests benchmarks scripts
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build dist site *.egg-info .pytest_cache .ruff_cache

@@ -15,9 +15,14 @@ Quick tour::
 from __future__ import annotations
 
 import importlib
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _distribution_version
 from typing import Any
 
-__version__ = "0.1.0"
+try:  # pyproject.toml is the one source of the version; the installed metadata carries it
+    __version__ = _distribution_version("saliency-alignment")
+except PackageNotFoundError:  # a source tree on sys.path that was never installed
+    __version__ = "0+unknown"
 
 _LAZY = {
     # core quantities

@@ -27,9 +27,24 @@ app = typer.Typer(
 COMMAND_MODULES = ("pipeline", "train", "analyze", "attack", "data")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from salign import __version__
+
+        typer.echo(f"salign {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    version: bool = typer.Option(
+        False,
+        "--version",
+        callback=_print_version,
+        is_eager=True,
+        help="Print the installed version (the package metadata's) and exit.",
+    ),
 ) -> None:
     """salign: saliency alignment vs adversarial robustness."""
 

@@ -79,10 +79,15 @@ def evaluate_chunk(
         x: the chunk's inputs in [0, 1].
         labels: true classes (N,), −1 where unknown (then ``correct`` is False there).
         sample_ids: index of each sample in the dataset split (the table's ``sample_id``).
-        rival, candidates, batch_size: passed to :func:`salign.analyze`.
-        attacks, budget, steps, attack_batch_size: passed to :func:`salign.robustness`
-            (``labels=None``: ρ is measured against the predicted class, as in the paper);
-            ``attacks`` is one list for every norm, or a mapping norm → list.
+        rival: passed to :func:`salign.analyze`.
+        candidates: passed to :func:`salign.analyze`.
+        batch_size: passed to :func:`salign.analyze`.
+        attacks: passed to :func:`salign.robustness` (``labels=None``: ρ is measured against
+            the predicted class, as in the paper); one list for every norm, or a mapping
+            norm → list.
+        budget: passed to :func:`salign.robustness`.
+        steps: passed to :func:`salign.robustness`.
+        attack_batch_size: passed to :func:`salign.robustness` as its ``batch_size``.
         seed: seeds torch's RNG before each norm's attacks, so a chunk's result does not depend
             on what ran before it (resumed runs reproduce uninterrupted ones, and the L2 columns
             of a multi-norm study equal those of an L2-only one).

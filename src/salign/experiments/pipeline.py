@@ -361,13 +361,19 @@ def run(
 
     Raises:
         ConfigError: invalid config, or ``out`` holds a run of a different config.
+        MissingDependencyError: the ``report`` extra (pandas, matplotlib) is not installed.
     """
     from salign.report import render
+    from salign.report._deps import require_pandas, require_pyplot
     from salign.training import distributed as dist_util
 
     cfg = config if isinstance(config, ExperimentConfig) else (
         config_from_dict(config) if isinstance(config, dict) else load_config(config)
     )  # fmt: skip
+    # The tables and figures need the report extra: say so before training anything (a core-only
+    # install otherwise trained the first model and then failed on `import pandas`).
+    require_pandas()
+    require_pyplot()
     if cfg.num_threads is not None:
         torch.set_num_threads(cfg.num_threads)
     run_dir = cfg.run_dir(out)

@@ -59,8 +59,10 @@ def alignment(
         model: classifier returning logits; may be None when ``saliency`` is given.
         x: inputs (N, C, H, W) or (N, D) in [0, 1].
         target: class i per sample (N,); None = predicted class.
-        mode, rival, candidates, strategy: which saliency map, as in :func:`saliency`
-            (``candidates``: the number of rival classes searched for ``rival="nearest"``).
+        mode: which saliency map, as in :func:`saliency`.
+        rival: the rival class of the binarized map, as in :func:`saliency`.
+        candidates: the number of rival classes searched for ``rival="nearest"``.
+        strategy: gradient strategy for several classes, as in :func:`saliency`.
         normalized: divide by ‖x − origin‖ (D4).
         origin: reference point, a tensor broadcastable to x (e.g. the data mean, as the paper
             used for ImageNet); None = 0.
@@ -172,8 +174,9 @@ def effective_bias(
         x: inputs (N, C, H, W) or (N, D) in [0, 1].
         target: class i per sample (N,); None = the predicted class i*.
         mode: "logit" or "binarized".
-        rival, candidates, strategy: rival choice for ``mode="binarized"``, see :func:`saliency`
-            (``candidates``: the number of rival classes searched for ``rival="nearest"``).
+        rival: rival choice for ``mode="binarized"``, see :func:`saliency`.
+        candidates: the number of rival classes searched for ``rival="nearest"``.
+        strategy: gradient strategy for several classes, see :func:`saliency`.
         check_range: reject inputs outside [0, 1].
         norm: the norm in which ``rival="nearest"`` is nearest (β itself has no norm).
 

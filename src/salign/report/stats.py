@@ -129,7 +129,8 @@ def bootstrap_correlation(
     """Correlation of ``x`` and ``y`` with a seeded bootstrap percentile confidence interval.
 
     Args:
-        x, y: paired samples (1-D, same length); non-finite pairs are dropped.
+        x: paired samples (1-D, the length of ``y``); non-finite pairs are dropped.
+        y: the samples paired with ``x``.
         method: ``"pearson"`` (linear) or ``"spearman"`` (rank; recomputed with average ranks
             on every resample).
         n_bootstrap: number of resamples of the pairs, drawn with replacement.
