@@ -53,6 +53,29 @@ class SlowMLP(nn.Module):
         return self.net(x)
 
 
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "coins")
+
+
+def photo_tree(root: Path, copies: int = 4) -> Path:
+    """A 3-class ImageFolder of real skimage photos (random 48-96 px crops of each, saved as PNG)."""
+    import numpy as np
+    from PIL import Image
+    from skimage import data as skimage_data
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", copies), ("test", 2)):
+        for k, name in enumerate(PHOTOS):
+            image = getattr(skimage_data, name)()
+            image = np.repeat(image[:, :, None], 3, axis=2) if image.ndim == 2 else image
+            folder = root / split / f"class{k % 3}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for c in range(n):
+                s = int(rng.integers(48, 96))
+                top, left = (int(rng.integers(0, image.shape[d] - s)) for d in (0, 1))
+                Image.fromarray(image[top : top + s, left : left + s]).save(folder / f"{name}-{c}.png")
+    return root
+
+
 def register_slow() -> None:
     """Add SlowMLP to the model registry: for the kill test's subprocess only; tests in this process
     use ``monkeypatch.setitem(MODELS, "slow_mlp_test", SlowMLP)`` so the registry is restored."""

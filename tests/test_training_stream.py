@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
+from _training_helpers import PHOTOS, photo_tree
 from salign import models
 from salign.data.streaming import ImageFolderDataset, eval_transform, train_transform
 from salign.errors import ConfigError, DataError, MissingFileError, TrainingError
@@ -17,26 +17,6 @@ from salign.training.batches import DatasetBatches, Plan
 
 pytest.importorskip("torchvision")
 skimage_data = pytest.importorskip("skimage.data")
-
-PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "coins")
-
-
-def photo_tree(root: Path, copies: int = 4) -> Path:
-    """A 3-class ImageFolder of real skimage photos (random 48-96 px crops of each, saved as PNG)."""
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split, n in (("train", copies), ("test", 2)):
-        for k, name in enumerate(PHOTOS):
-            image = getattr(skimage_data, name)()
-            image = np.repeat(image[:, :, None], 3, axis=2) if image.ndim == 2 else image
-            folder = root / split / f"class{k % 3}"
-            folder.mkdir(parents=True, exist_ok=True)
-            for c in range(n):
-                s = int(rng.integers(48, 96))
-                top, left = (int(rng.integers(0, image.shape[d] - s)) for d in (0, 1))
-                Image.fromarray(image[top : top + s, left : left + s]).save(folder / f"{name}-{c}.png")
-    return root
 
 
 def stream_config(root: Path, **over: object) -> dict:
