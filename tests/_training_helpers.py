@@ -122,6 +122,24 @@ def ddp_worker(rank: int, world: int, port: int, cfg: dict, run_dirs: list[str])
         dist.destroy_process_group()
 
 
+def ddp_config_worker(rank: int, world: int, port: int, cfg: dict, run_dir: str) -> None:
+    """One rank of a gloo job training one config dict (e.g. a streamed ImageFolder)."""
+    import torch.distributed as dist
+
+    from salign.training import train
+
+    torch.set_num_threads(1)
+    os.environ.update(
+        {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "WORLD_SIZE": str(world),
+         "LOCAL_RANK": str(rank)}
+    )  # fmt: skip
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        train(cfg, run_dir=run_dir)
+    finally:
+        dist.destroy_process_group()
+
+
 if __name__ == "__main__":  # used by the kill-and-resume test: python _training_helpers.py RUN_DIR
     from salign.training import train
 

@@ -150,12 +150,20 @@ def test_bad_folders_and_class_counts_are_one_line_errors(tree: Path, tmp_path: 
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_state(tree: Path, tmp_path: Path) -> None:
-    cfg = stream_config(tree, epochs=3, **{"optimizer.lr": 1e30})
-    with pytest.raises(TrainingError, match="non-finite loss"):
+    """lr 1e30: step 1 is finite and checkpointed, step 2 overflows; training stops with one line
+    naming the kept state, which holds the finite weights after step 1 (no final checkpoint)."""
+    from salign.training.state import load_state
+
+    cfg = stream_config(tree, epochs=3, checkpoint_every_steps=1, **{"optimizer.lr": 1e30})
+    with pytest.raises(TrainingError, match=r"non-finite loss at epoch 1, step 2") as info:
         train(cfg, run_dir=tmp_path / "nan")
-    assert (tmp_path / "nan" / "state.safetensors").is_file() or not (
-        tmp_path / "nan" / "checkpoint.safetensors"
-    ).exists()
+    message = str(info.value)
+    assert "\n" not in message and str(tmp_path / "nan" / "state.safetensors") in message
+    kept = load_state(tmp_path / "nan" / "state.safetensors")
+    assert (kept.state.epoch, kept.state.step, kept.state.global_step) == (0, 1, 1)
+    weights = [v for k, v in kept.tensors.items() if k.startswith("model.") and v.is_floating_point()]
+    assert weights and all(bool(torch.isfinite(v).all()) for v in weights)
+    assert not (tmp_path / "nan" / "checkpoint.safetensors").exists()
 
 
 def test_eval_transform_is_resize_then_centre_crop(tree: Path) -> None:
