@@ -53,6 +53,29 @@ class SlowMLP(nn.Module):
         return self.net(x)
 
 
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "coins")
+
+
+def photo_tree(root: Path, copies: int = 4) -> Path:
+    """A 3-class ImageFolder of real skimage photos (random 48-96 px crops of each, saved as PNG)."""
+    import numpy as np
+    from PIL import Image
+    from skimage import data as skimage_data
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", copies), ("test", 2)):
+        for k, name in enumerate(PHOTOS):
+            image = getattr(skimage_data, name)()
+            image = np.repeat(image[:, :, None], 3, axis=2) if image.ndim == 2 else image
+            folder = root / split / f"class{k % 3}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for c in range(n):
+                s = int(rng.integers(48, 96))
+                top, left = (int(rng.integers(0, image.shape[d] - s)) for d in (0, 1))
+                Image.fromarray(image[top : top + s, left : left + s]).save(folder / f"{name}-{c}.png")
+    return root
+
+
 def register_slow() -> None:
     """Add SlowMLP to the model registry: for the kill test's subprocess only; tests in this process
     use ``monkeypatch.setitem(MODELS, "slow_mlp_test", SlowMLP)`` so the registry is restored."""
@@ -95,6 +118,24 @@ def ddp_worker(rank: int, world: int, port: int, cfg: dict, run_dirs: list[str])
     try:
         for run_dir, variant in zip(run_dirs, cfg["variants"], strict=True):
             train(tiny_config(**variant), run_dir=run_dir, data=tiny_data())
+    finally:
+        dist.destroy_process_group()
+
+
+def ddp_config_worker(rank: int, world: int, port: int, cfg: dict, run_dir: str) -> None:
+    """One rank of a gloo job training one config dict (e.g. a streamed ImageFolder)."""
+    import torch.distributed as dist
+
+    from salign.training import train
+
+    torch.set_num_threads(1)
+    os.environ.update(
+        {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "WORLD_SIZE": str(world),
+         "LOCAL_RANK": str(rank)}
+    )  # fmt: skip
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        train(cfg, run_dir=run_dir)
     finally:
         dist.destroy_process_group()
 

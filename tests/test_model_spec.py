@@ -364,17 +364,12 @@ def test_study_config_takes_a_spec_and_weights(forms: dict[str, Any]) -> None:
     torch.testing.assert_close(
         _load_model(cfg, None, torch.device("cpu"))(forms["x"]), forms["net"](forms["x"])
     )
-    with pytest.raises(
-        ConfigError, match=r"model\.checkpoint and model\.weights are for evaluating a given model"
-    ):
-        config_from_dict(
-            {
-                **base,
-                "model": {"name": "smallnet", "weights": "w.pt"},
-                "training": {"epochs": 1},
-                "sweep": {"lambdas": [0]},
-            }
-        )
+    # with training, weights are where every λ's fine-tuning starts; a checkpoint is refused
+    study = {"training": {"epochs": 1}, "sweep": {"lambdas": [0]}}
+    cfg = config_from_dict({**base, "model": {"name": "smallnet", "weights": "w.pt"}, **study})
+    assert cfg.train_config(0.0).model.weights == "w.pt"
+    with pytest.raises(ConfigError, match=r"model\.checkpoint is for evaluating a given model"):
+        config_from_dict({**base, "model": {"checkpoint": str(forms["pt2"])}, **study})
 
 
 def test_timm_names_need_timm_and_load_weights_from_a_file(

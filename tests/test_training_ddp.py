@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from _training_helpers import ddp_worker, num_threads, tiny_config, tiny_data
+from _training_helpers import ddp_config_worker, ddp_worker, num_threads, photo_tree, tiny_config, tiny_data
 from salign import models
 from salign.training import train
 
@@ -56,3 +56,34 @@ def test_two_gloo_ranks_match_one_process(tmp_path: Path) -> None:
             for a, b in zip(ddp_rows, one_rows, strict=True):
                 va, vb = [float(v) for v in a.split(",")[:-2]], [float(v) for v in b.split(",")[:-2]]
                 assert va == pytest.approx(vb, rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
+def test_two_gloo_ranks_on_a_streamed_imagefolder_match_one_process(tmp_path: Path) -> None:
+    """The streamed path: real photos decoded per item with the paper's seeded augmentation and
+    loader workers; each rank takes its half of every global batch, so 2 ranks equal 1 process.
+    (A BatchNorm-free net: BatchNorm normalises each rank's shard by its own statistics.)"""
+    pytest.importorskip("torchvision")
+    pytest.importorskip("skimage.data")
+    from test_training_stream import stream_config
+
+    tree = photo_tree(tmp_path / "photos")
+    model = {"name": "relu_cnn", "kwargs": {"in_channels": 3, "channels": [4, 8], "num_classes": 3,
+                                             "input_size": 24}}  # fmt: skip
+    cfg = stream_config(tree, model=model, **{"data.stream.workers": 0, "optimizer.lr": 0.05})
+    mp.start_processes(
+        ddp_config_worker,
+        args=(2, _free_port(), cfg, str(tmp_path / "ddp")),
+        nprocs=2,
+        join=True,
+        start_method="spawn",
+    )
+    with num_threads(1):
+        single = train(cfg, run_dir=tmp_path / "single")
+    want = models.load(single).state_dict()
+    got = models.load(tmp_path / "ddp" / "checkpoint.safetensors").state_dict()
+    torch.manual_seed(0)  # the trainer's initial weights (seed 0)
+    init = models.build("relu_cnn", **model["kwargs"]).state_dict()
+    assert all(not torch.equal(want[k], init[k]) for k in want)  # it did train
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-5, msg=key)

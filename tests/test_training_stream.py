@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
+from _training_helpers import PHOTOS, photo_tree
 from salign import models
 from salign.data.streaming import ImageFolderDataset, eval_transform, train_transform
 from salign.errors import ConfigError, DataError, MissingFileError, TrainingError
@@ -17,26 +17,6 @@ from salign.training.batches import DatasetBatches, Plan
 
 pytest.importorskip("torchvision")
 skimage_data = pytest.importorskip("skimage.data")
-
-PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "coins")
-
-
-def photo_tree(root: Path, copies: int = 4) -> Path:
-    """A 3-class ImageFolder of real skimage photos (random 48-96 px crops of each, saved as PNG)."""
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split, n in (("train", copies), ("test", 2)):
-        for k, name in enumerate(PHOTOS):
-            image = getattr(skimage_data, name)()
-            image = np.repeat(image[:, :, None], 3, axis=2) if image.ndim == 2 else image
-            folder = root / split / f"class{k % 3}"
-            folder.mkdir(parents=True, exist_ok=True)
-            for c in range(n):
-                s = int(rng.integers(48, 96))
-                top, left = (int(rng.integers(0, image.shape[d] - s)) for d in (0, 1))
-                Image.fromarray(image[top : top + s, left : left + s]).save(folder / f"{name}-{c}.png")
-    return root
 
 
 def stream_config(root: Path, **over: object) -> dict:
@@ -170,12 +150,20 @@ def test_bad_folders_and_class_counts_are_one_line_errors(tree: Path, tmp_path: 
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_state(tree: Path, tmp_path: Path) -> None:
-    cfg = stream_config(tree, epochs=3, **{"optimizer.lr": 1e30})
-    with pytest.raises(TrainingError, match="non-finite loss"):
+    """lr 1e30: step 1 is finite and checkpointed, step 2 overflows; training stops with one line
+    naming the kept state, which holds the finite weights after step 1 (no final checkpoint)."""
+    from salign.training.state import load_state
+
+    cfg = stream_config(tree, epochs=3, checkpoint_every_steps=1, **{"optimizer.lr": 1e30})
+    with pytest.raises(TrainingError, match=r"non-finite loss at epoch 1, step 2") as info:
         train(cfg, run_dir=tmp_path / "nan")
-    assert (tmp_path / "nan" / "state.safetensors").is_file() or not (
-        tmp_path / "nan" / "checkpoint.safetensors"
-    ).exists()
+    message = str(info.value)
+    assert "\n" not in message and str(tmp_path / "nan" / "state.safetensors") in message
+    kept = load_state(tmp_path / "nan" / "state.safetensors")
+    assert (kept.state.epoch, kept.state.step, kept.state.global_step) == (0, 1, 1)
+    weights = [v for k, v in kept.tensors.items() if k.startswith("model.") and v.is_floating_point()]
+    assert weights and all(bool(torch.isfinite(v).all()) for v in weights)
+    assert not (tmp_path / "nan" / "checkpoint.safetensors").exists()
 
 
 def test_eval_transform_is_resize_then_centre_crop(tree: Path) -> None:

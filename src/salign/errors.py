@@ -46,7 +46,8 @@ class ModelOutputError(SalignError, ValueError):
 
 
 class TrainingError(SalignError, RuntimeError):
-    """Training cannot go on (e.g. a non-finite loss); the last good state is kept on disk."""
+    """Training or evaluation cannot go on (a non-finite loss: the last good state is kept on disk;
+    out of memory even one image at a time)."""
 
 
 def describe_error(exc: BaseException) -> str:

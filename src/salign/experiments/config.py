@@ -90,8 +90,10 @@ class ModelSpec(_Strict):
     ``timm/<arch>``, ``file.py:factory``) with its arguments and ``weights`` file, or a file.
 
     ``checkpoint`` (only without ``training``): evaluate this file (a :func:`salign.models.save`
-    checkpoint or a ``.pt2`` export). ``weights`` (only without ``training``): the state dict
-    loaded into the model ``name`` builds. A study that trains needs a registry ``name``.
+    checkpoint or a ``.pt2`` export). ``weights``: the state dict loaded into the model ``name``
+    builds; with ``training`` it is where every model of the sweep starts (fine-tuning from
+    pretrained weights, e.g. ``{name: torchvision/resnet50, weights: resnet50.pth}``). A study
+    that trains needs a registry, ``torchvision/`` or ``timm/`` ``name``.
     """
 
     name: str = "smallnet"
@@ -276,10 +278,13 @@ class ExperimentConfig(_Strict):
         if self.training is None and self.sweep is not None:
             raise ValueError("'sweep' needs a 'training' section (or remove 'sweep' to evaluate one model)")
         if self.training is not None:
-            if self.model.checkpoint is not None or self.model.weights is not None:
+            if self.model.checkpoint is not None:
                 raise ValueError(
-                    "model.checkpoint and model.weights are for evaluating a given model; remove them or 'training'"
+                    "model.checkpoint is for evaluating a given model; remove it or 'training' "
+                    "(to fine-tune from pretrained weights, give model.weights)"
                 )
+            if self.model.weights is not None and "weights" in self.model.kwargs:
+                raise ValueError("give the weights once: model.weights or model.kwargs.weights, not both")
             if "model" in self.training.model_fields_set:
                 raise ValueError(
                     "set the architecture in the top-level 'model' section, not in 'training.model'"
@@ -308,6 +313,7 @@ class ExperimentConfig(_Strict):
         overrides: dict[str, Any] = {
             "model.name": self.model.name,
             "model.kwargs": dict(self.model.kwargs),
+            "model.weights": self.model.weights,  # fine-tuning: every λ starts from these weights
             "regularizer.lambda": float(lam),
             "regularizer.method": self.sweep.method,
         }

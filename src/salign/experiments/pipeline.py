@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import platform
 import shutil
@@ -26,10 +27,11 @@ from typing import Any
 import torch
 import yaml
 
+from salign._faults import fault_point
 from salign._io import atomic_open, write_json_atomic, write_text_atomic
 from salign._norms import NORMS
 from salign._progress import progress
-from salign.errors import ConfigError
+from salign.errors import ConfigError, TrainingError
 from salign.experiments.config import RECORD_KEYS, ExperimentConfig, config_from_dict, load_config, norm_text
 from salign.experiments.evaluate import (
     clean_accuracy,
@@ -54,7 +56,10 @@ from salign.report.rundata import (
     summary_file,
 )
 
+log = logging.getLogger(__name__)
 PARTS_DIR = ".parts"
+#: The evaluated images of an ImageFolder study, as a ``path label`` file list.
+SUBSET_FILE = "subset.txt"
 
 
 def versions() -> dict[str, str]:
@@ -239,27 +244,34 @@ def evaluate_stage_model(
     chunk_costs: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     chunk_starts = list(range(start, stop, ev.chunk_size))
+    batches = (ev.batch_size, cfg.attacks.batch_size or ev.chunk_size)  # (analyze, attacks)
     for c0 in progress(chunk_starts, desc=f"evaluate {tag}", total=len(chunk_starts), quiet=quiet):
         c1 = min(c0 + ev.chunk_size, stop)
         part = parts / f"{c0:07d}-{c1:07d}.csv"
         if part.is_file():
             frames.append(pd.read_csv(part))
             continue
-        frame, costs = evaluate_chunk(
-            model,
-            x_eval[c0:c1].to(device),
-            y_eval[c0:c1],
-            ids[c0:c1],
-            rival=ev.rival,
-            candidates=ev.candidates,
-            batch_size=ev.batch_size,
-            attacks={p: cfg.attacks.for_norm(p) for p in ev.norms},
-            budget=cfg.attacks.budget,
-            steps=cfg.attacks.steps,
-            attack_batch_size=cfg.attacks.batch_size,
-            seed=cfg.seed * 1_000_003 + c0,
-            norms=ev.norms,
-        )
+        while True:
+            try:
+                fault_point("evaluate_chunk", rank=shard.rank)  # tests only: SALIGN_FAULT=oom:...
+                frame, costs = evaluate_chunk(
+                    model,
+                    x_eval[c0:c1].to(device),
+                    y_eval[c0:c1],
+                    ids[c0:c1],
+                    rival=ev.rival,
+                    candidates=ev.candidates,
+                    batch_size=batches[0],
+                    attacks={p: cfg.attacks.for_norm(p) for p in ev.norms},
+                    budget=cfg.attacks.budget,
+                    steps=cfg.attacks.steps,
+                    attack_batch_size=batches[1],
+                    seed=cfg.seed * 1_000_003 + c0,
+                    norms=ev.norms,
+                )
+                break
+            except torch.OutOfMemoryError as exc:
+                batches = _halved(batches, exc, tag, c0, c1)
         chunk_costs.append(costs)
         with atomic_open(part, "w", encoding="utf-8", newline="") as fh:
             frame.to_csv(fh, index=False)
@@ -299,29 +311,61 @@ def evaluate_stage_model(
         parts.parent.rmdir()  # .parts, once no model has unfinished chunks
 
 
-def _evaluation_data(cfg: ExperimentConfig) -> Any:
-    """(x_eval, y_eval, sample_ids, (x_acc, y_acc)) on CPU."""
+def _halved(batches: tuple[int, int], exc: BaseException, tag: str, c0: int, c1: int) -> tuple[int, int]:
+    """The (analyze, attack) batch sizes halved after an out-of-memory error, logged; the error
+    again (a one-line TrainingError) when both are already 1."""
+    if batches == (1, 1):
+        raise TrainingError(
+            f"evaluation of {tag}, samples {c0}-{c1}: out of memory even one image at a time ({exc}); "
+            "use a smaller model or input size, or evaluation.device: cpu"
+        ) from exc
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    new = (max(1, batches[0] // 2), max(1, batches[1] // 2))
+    log.warning(
+        "evaluation of %s, samples %d-%d: out of memory (%s); retrying with analyze batch %d and "
+        "attack batch %d (halved)", tag, c0, c1, str(exc).splitlines()[0] if str(exc) else "", *new,
+    )  # fmt: skip
+    return new
+
+
+def _evaluation_data(cfg: ExperimentConfig) -> tuple[Any, str | None]:
+    """((x_eval, y_eval, sample_ids, (x_acc, y_acc)) on CPU, the subset as a file list or None).
+
+    For an ImageFolder the evaluated images are also returned as a ``path label`` file list
+    (paths relative to the split folder), which ``dataset.options.file_list`` accepts: the
+    same images for another study or machine."""
     import salign
 
     d, acc_n = cfg.dataset, cfg.evaluation.accuracy_n
     if d.name == "imagefolder":  # decode only what is evaluated (an ImageNet split never fits)
-        from salign.data.imagefolder import list_images, read_imagefolder
+        from salign.data.imagefolder import _split_root, list_images, read_imagefolder
 
         if d.data_dir is None:
             raise ConfigError("dataset 'imagefolder' needs dataset.data_dir")
         opts = dict(d.options)
-        n_total = len(list_images(d.data_dir, d.split, file_list=opts.get("file_list"))[1])
-        ids = evaluation_subset(n_total, cfg.evaluation.n, cfg.evaluation.seed)
+        paths, labels, _ = list_images(d.data_dir, d.split, file_list=opts.get("file_list"))
+        ids = evaluation_subset(len(labels), cfg.evaluation.n, cfg.evaluation.seed)
         x_ev, y_ev, _ = read_imagefolder(d.data_dir, d.split, indices=ids, **opts)
         acc = (x_ev, y_ev)
         if acc_n is not None:
-            acc_ids = torch.arange(min(acc_n, n_total))
+            acc_ids = torch.arange(min(acc_n, len(labels)))
             acc = read_imagefolder(d.data_dir, d.split, indices=acc_ids, **opts)[:2]
-        return x_ev, y_ev, ids, acc
+        base = _split_root(Path(d.data_dir).expanduser(), d.split)
+        lines = [f"{_relative(paths[i], base)} {labels[i]}" for i in ids.tolist()]
+        head = f"# evaluation subset: n={cfg.evaluation.n}, seed={cfg.evaluation.seed}, of {len(labels)} images\n"
+        return (x_ev, y_ev, ids, acc), head + "\n".join(lines) + "\n"
     x, y = salign.data.load(d.name, d.split, data_dir=d.data_dir, **d.options)
     ids = evaluation_subset(len(y), cfg.evaluation.n, cfg.evaluation.seed)
     acc = (x, y) if acc_n is None or acc_n >= len(y) else (x[:acc_n], y[:acc_n])
-    return x[ids], y[ids], ids, acc
+    return (x[ids], y[ids], ids, acc), None
+
+
+def _relative(path: Path, base: Path) -> str:
+    try:
+        return str(path.relative_to(base))
+    except ValueError:
+        return str(path.resolve())
 
 
 def sanity_stage(
@@ -391,8 +435,11 @@ def run(
             checkpoints.update(train_stage(cfg, run_dir, timings, quiet=quiet))
         else:
             checkpoints[lambda_tag(None)] = None
-        x_eval, y_eval, ids, acc = _evaluation_data(cfg)
-        data = (x_eval, y_eval, ids, acc)
+        data, subset_list = _evaluation_data(cfg)
+        x_eval, y_eval = data[0], data[1]
+        if subset_list is not None and shard.is_main:
+            (run_dir / EVAL_DIR).mkdir(parents=True, exist_ok=True)
+            write_text_atomic(run_dir / EVAL_DIR / SUBSET_FILE, subset_list)
         for lam in cfg.lambdas():
             tag = lambda_tag(lam)
             done = (run_dir / EVAL_DIR / f"{tag}.csv").is_file() and (

@@ -28,10 +28,16 @@ class _Strict(BaseModel):
 
 
 class ModelConfig(_Strict):
-    """Which network to train: a :func:`salign.models.build` name and its keyword arguments."""
+    """Which network to train: a :func:`salign.models.build` name and its keyword arguments.
+
+    ``weights``: a local state-dict file (``.safetensors``, or ``.pt``/``.pth`` read with
+    ``torch.load(weights_only=True)``) loaded strictly before training: fine-tuning from
+    pretrained weights (e.g. ``{name: torchvision/resnet50, weights: resnet50.pth}``).
+    """
 
     name: str = "smallnet"
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    weights: str | None = None
 
 
 class StreamConfig(_Strict):
@@ -84,7 +90,11 @@ class DataConfig(_Strict):
         default=None, ge=1, description="validate on the last N train-split images instead of val_split"
     )
     train_subset: int | None = Field(default=None, ge=1, description="use the first N training images")
-    val_subset: int | None = Field(default=1000, ge=1, description="validate on the first N images")
+    val_subset: int | None = Field(
+        default=1000,
+        ge=1,
+        description="validate on the first N images (streamed: N evenly spaced ones, so every class appears)",
+    )
     options: dict[str, Any] = Field(default_factory=dict, description="extra salign.data.load options")
     stream: StreamConfig | None = Field(default=None, description="stream an imagefolder from disk")
 

@@ -45,7 +45,7 @@ def setup(device: torch.device) -> DistInfo:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend=backend, rank=rank, world_size=world)
+        _init_process_group(backend, rank, world)
         created = True
     return DistInfo(
         rank=dist.get_rank(),
@@ -53,6 +53,25 @@ def setup(device: torch.device) -> DistInfo:
         local_rank=local_rank,
         initialized_here=created,
     )
+
+
+def _init_process_group(backend: str, rank: int, world: int) -> None:
+    """``init_process_group`` from the torchrun environment; after a ``--max-restarts`` restart,
+    on a store prefixed by the restart count.
+
+    torchrun keeps its store across restarts, so the restarted ranks would read the gloo/nccl
+    addresses the killed ranks published ("Gloo connectFullMesh failed ... Connection refused",
+    or a hang); a fresh prefix per restart makes every rank publish and read anew.
+    """
+    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    if restart == 0:
+        dist.init_process_group(backend=backend, rank=rank, world_size=world)
+        return
+    from torch.distributed.rendezvous import rendezvous
+
+    store, rank, world = next(iter(rendezvous("env://", rank=rank, world_size=world)))
+    prefixed = dist.PrefixStore(f"salign/restart_{restart}/", store)
+    dist.init_process_group(backend=backend, store=prefixed, rank=rank, world_size=world)
 
 
 def barrier(info: DistInfo) -> None:

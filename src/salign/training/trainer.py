@@ -47,6 +47,7 @@ import yaml
 from torch import Tensor, nn
 from torch.utils.data import Subset
 
+from salign._faults import fault_point
 from salign._io import write_text_atomic
 from salign._progress import progress_bar
 from salign._validation import check_inputs, check_labels, check_model_on, eval_mode
@@ -194,7 +195,10 @@ def stream_sources(cfg: TrainConfig, info: dist_util.DistInfo) -> Sources:
     if d.train_subset is not None and d.train_subset < len(train_set):
         train_set, train_labels = Subset(train_set, range(d.train_subset)), train_labels[: d.train_subset]
     if d.val_subset is not None and d.val_subset < len(val_set):
-        val_set, val_labels = Subset(val_set, range(d.val_subset)), val_labels[: d.val_subset]
+        # evenly spaced over the class-sorted listing, so every class is validated (ImageNet val's
+        # first 1000 images would be its first 20 classes)
+        spaced = torch.linspace(0, len(val_set) - 1, d.val_subset).round().long()
+        val_set, val_labels = Subset(val_set, spaced.tolist()), val_labels[spaced]
     source = DatasetBatches(train_set, workers=st.workers, pin_memory=st.pin_memory)
     first = train_set[0]
     if not isinstance(first, tuple):
@@ -319,7 +323,7 @@ def _train(
         sources = stream_sources(cfg, info)
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    inner = models.build(cfg.model.name, **cfg.model.kwargs).to(device)
+    inner = _build_model(cfg).to(device)
     if cfg.channels_last:
         inner = inner.to(memory_format=torch.channels_last)
     _check_data_fits(inner, sources)
@@ -377,6 +381,20 @@ def _train(
         )
     dist_util.barrier(info)
     return final
+
+
+def _build_model(cfg: TrainConfig) -> nn.Module:
+    """The network of ``cfg.model``: built by name, then (fine-tuning) its ``weights`` file loaded strictly."""
+    from salign import models
+
+    m = cfg.model
+    if m.weights is None:
+        return models.build(m.name, **m.kwargs)
+    if not m.name.startswith(("torchvision/", "timm/")) and m.name not in models.available():
+        raise ConfigError(
+            f"model.weights needs a model name (registry, torchvision/<arch> or timm/<arch>), got {m.name!r}"
+        )
+    return models.load_spec(m.name, weights=m.weights, **m.kwargs)
 
 
 def _optimizer(cfg: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
@@ -492,6 +510,7 @@ class _Loop:
 
     def step(self, batch: Batch) -> StepStats:
         """One optimiser step on this rank's share of a global batch, in micro-batches."""
+        fault_point("train_step", index=self.state.global_step + 1, rank=self.info.rank)  # tests only
         cfg = self.cfg
         x = batch.x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else batch.x
         parts = [p for p in torch.tensor_split(torch.arange(x.shape[0]), cfg.accumulation_steps) if p.numel()]
