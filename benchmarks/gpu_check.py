@@ -8,8 +8,11 @@
    ``torchrun --nproc_per_node=1`` (nccl on CUDA, gloo on CPU): ``salign train`` on a generated
    ImageFolder of real photos (:func:`salign.data.phototree.write_photo_tree`), streamed with the
    paper's augmentation, starting from a weights file (pretrained weights are a local file; here
-   the saved initialisation stands in for them), ``precision`` and ``channels_last`` as chosen.
-3. ``salign.analyze`` (K = 1000, ``candidates=10``) and ``salign.robustness`` on a batch at 224.
+   the saved initialisation stands in for them), ``channels_last``, ``precision`` fp32 (our
+   default; ``--precision bf16`` to try bf16).
+3. ``salign.analyze`` (K = 1000, ``candidates=10``) and ``salign.robustness`` on a batch at 224,
+   and the penalised step under bf16 autocast vs fp32 on the GPU
+   (:func:`salign.training.precision.autocast_agreement`, ResNet-50 and EfficientNet-Lite0).
 4. The ratios of ``benchmarks/bench_imagenet.py`` on the GPU (``torch.cuda.synchronize`` inside
    every timing): analyze ÷ its floor, double-backprop step ÷ plain step, the loader's stall.
 
@@ -136,7 +139,8 @@ def check_torchrun(
     ips = float(row.get("images_per_second", "nan"))
     return {
         "summary": f"{steps} steps of batch {batch} at {size}², {backend}, {precision}: {ips:.1f} img/s, "
-        f"train loss {float(row.get('train_loss', 'nan')):.3f}",
+        f"CE {float(row['cross_entropy']):.3f}, penalty {float(row['penalty']):.3g}, "
+        f"val accuracy {float(row['val_accuracy']):.2f}",
         "images_per_second": ips,
         "log": row,
         "wall_seconds": round(seconds, 1),
@@ -170,6 +174,29 @@ def check_analyze_robustness(
         "median_rho": float(r.distance.median()),
         "median_rho_tilde": float(a.linearized_robustness.median()),
     }
+
+
+def check_bf16(device: torch.device, size: int, batch: int) -> dict[str, Any]:
+    """The penalised step under bf16 autocast vs fp32 on this device (CPU numbers: imagenet.md)."""
+    import bench_imagenet as bi
+    import salign
+    from salign.training.precision import autocast_agreement
+
+    out: dict[str, Any] = {}
+    models = {"resnet50 (random init)": bi.resnet50}
+    if salign.models.efficientnet_lite0_available():
+        models["efficientnet_lite0 (ImageNet weights)"] = lambda: salign.models.build("efficientnet_lite0")
+    for name, make in models.items():
+        torch.manual_seed(0)
+        model = make().to(device)
+        x = bi.photos(batch, size).to(device)
+        with torch.no_grad():
+            y = model.eval()(x).argmax(1)
+        for mode in ("train", "eval"):
+            out[f"{name}, {mode} mode"] = autocast_agreement(model, x, y, train_mode=mode == "train")
+    parts = [f"{k}: penalty rel {v['penalty_rel']:.1e}, ∇θ cos {v['grad_penalty_cos']:.3f} (CE {v['grad_ce_cos']:.3f})"
+             for k, v in out.items()]  # fmt: skip
+    return {"summary": "; ".join(parts), "agreement": out}
 
 
 def check_ratios(
@@ -220,7 +247,12 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--allow-cpu", action="store_true", help="without CUDA: dry-run everything on CPU, tiny")
     ap.add_argument("--out", default=os.environ.get("OUT"), help="folder for gpu_check.json/.md")
     ap.add_argument("--write-doc", action="store_true", help="write docs/benchmarks/gpu.md even on CPU")
-    ap.add_argument("--precision", default="bf16", choices=("fp32", "bf16"), help="of the torchrun fine-tune")
+    ap.add_argument(
+        "--precision",
+        default="fp32",
+        choices=("fp32", "bf16"),
+        help="of the torchrun fine-tune (default: ours)",
+    )
     ap.add_argument(
         "--budget-s", type=float, default=450, help="stop starting checks after this many seconds"
     )
@@ -241,10 +273,11 @@ def main(argv: list[str]) -> int:
         checks.results["pytest -m cuda"] = {"ok": True, "seconds": 0.0,
                                             "summary": "not run: no CUDA (the tests skip themselves)"}  # fmt: skip
     checks.run("torchrun fine-tune", lambda: check_torchrun(device.type, size, batch, steps,
-                                                            args.precision if cuda else "fp32", timeout=240))  # fmt: skip
+                                                            args.precision if cuda else "fp32", timeout=300))  # fmt: skip
     checks.run(
         "analyze + robustness", lambda: check_analyze_robustness(device, size, min(batch, 8), attack_steps)
     )
+    checks.run("bf16 vs fp32", lambda: check_bf16(device, size, min(batch, 8)))
     checks.run("ratios", lambda: check_ratios(device, size, batch, repeats, loader_steps=steps))
     name = torch.cuda.get_device_name(0) if cuda else f"CPU dry run ({platform.machine()})"
     header = (
