@@ -2,7 +2,7 @@
 
 Runs the memory part of ``benchmarks/bench_imagenet.py`` (a generated tree of 4,500 training and
 500 test JPEGs of ImageNet-like size, whose decoded pixels alone would take ~2.5 GiB; one epoch
-of ``salign.training.train`` with double backprop and 2 loader workers, then validation on every
+of ``salign.training.train`` (a small CNN) with double backprop and 2 loader workers, then validation on every
 test image, in a fresh process) and asserts the peaks it measures stay below 2 GiB: the main
 process's peak RSS, and the process tree's peak summed PSS (forked workers share the parent's
 pages, which a sum of RSS would count once per process). A memory bound, not a time bound.
