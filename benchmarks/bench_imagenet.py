@@ -483,14 +483,18 @@ def memory_child(root: Path, crop: int, epochs: int, workers: int) -> dict[str, 
 
 
 def bench_memory(
-    train_per_class: int, test_per_class: int, crop: int, workers: int
+    train_per_class: int,
+    test_per_class: int,
+    crop: int,
+    workers: int,
+    long_side: tuple[int, int] = (192, 256),
 ) -> tuple[list[str], dict]:
     from salign.data.phototree import write_photo_tree
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         root = write_photo_tree(Path(tmp) / "tree", train_per_class=train_per_class,
-                                test_per_class=test_per_class, classes=10)  # fmt: skip
+                                test_per_class=test_per_class, classes=10, long_side=long_side)  # fmt: skip
         gen_s = time.perf_counter() - t0
         files = sorted((root).rglob("*.jpg"))
         decoded = sum(w * h * 3 for w, h in (Image_size(str(f)) for f in files))
@@ -507,7 +511,8 @@ def bench_memory(
         return "pass" if v < 2 * GIB else "**FAIL**"
 
     lines = [
-        f"{n_train} training + {n_test} test JPEGs ({on_disk / 2**20:.0f} MiB on disk; decoded at full size "
+        f"{n_train} training + {n_test} test JPEGs (long side {long_side[0]}–{long_side[1]} px: small, to fit "
+        f"the shared CPU; {on_disk / 2**20:.0f} MiB on disk; decoded at full size "
         f"they would take {decoded / GIB:.2f} GiB as uint8, and the in-memory reader's float32 224² tensors "
         f"{(n_train + n_test) * 3 * 224 * 224 * 4 / GIB:.2f} GiB), generated in {gen_s:.0f} s. "
         f"`salign.training.train` in a fresh process: a small CNN (`relu_cnn`, 10 classes), the paper "
