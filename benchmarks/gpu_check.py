@@ -79,9 +79,15 @@ class Checks:
         self.results[name] = res
         status = "ok" if res["ok"] else "FAIL"
         print(
-            f"[{status:>4}] {name} ({res['seconds']} s) {res.get('summary', res.get('error', ''))}",
+            f"[{status:>4}] {name} ({res['seconds']} s) {first_line(res)}",
             flush=True,
         )
+
+
+def first_line(result: dict[str, Any]) -> str:
+    """A check's summary, or the first line of its error (the whole error is in the JSON)."""
+    text = str(result.get("summary", result.get("error", "")))
+    return (text.splitlines() or [""])[0]
 
 
 def env_with_src() -> dict[str, str]:
@@ -245,7 +251,7 @@ def markdown(results: dict[str, dict[str, Any]], header: str) -> str:
     lines = [header, "", "| check | ok | seconds | result |", "|---|---|---:|---|"]
     for name, r in results.items():
         lines.append(f"| {name} | {'yes' if r['ok'] else '**no**'} | {r['seconds']} | "
-                     f"{r.get('summary', r.get('error', '')).replace('|', '/')} |")  # fmt: skip
+                     f"{first_line(r).replace('|', '/')} |")  # fmt: skip
     rat = results.get("ratios", {})
     if rat.get("ok"):
         lines += ["", *rat["markdown"]]
@@ -310,7 +316,7 @@ def main(argv: list[str]) -> int:
     total = time.perf_counter() - checks.start
     print("\n== summary ==")
     for k, v in checks.results.items():
-        print(f"{'ok  ' if v['ok'] else 'FAIL'} {k}: {v.get('summary', v.get('error', ''))}")
+        print(f"{'ok  ' if v['ok'] else 'FAIL'} {k}: {first_line(v)}")
     print(f"total {total:.0f} s; wrote {out_dir / 'gpu_check.json'} and {out_dir / 'gpu_check.md'}"
           f"{' and ' + str(DOC) if cuda or args.write_doc else ''}")  # fmt: skip
     return 0 if all(v["ok"] for v in checks.results.values()) else 1
