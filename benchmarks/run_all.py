@@ -15,7 +15,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = ROOT / "docs" / "benchmarks"
-ORDER = ("quantities", "attacks", "training")
+ORDER = ("quantities", "attacks", "training", "imagenet", "gpu")
 
 HEADER = """# Benchmarks
 
