@@ -125,11 +125,12 @@ def synthetic_views(
     k: int, image_shape: tuple[int, int, int], rng: np.random.Generator
 ) -> dict[str, np.ndarray]:
     """Saved sample views (salign.experiments.evaluate.sample_views) of the first ``k`` samples,
-    the worst case for the page size: digit-like strokes as images, white noise as saliency
-    maps and perturbations (noise does not compress)."""
+    the worst case for the page size: digit-like strokes as images (the same for every model,
+    as the evaluation subset is), white noise as saliency maps and perturbations (noise does
+    not compress)."""
     c, hgt, wid = image_shape
     yy, xx = np.mgrid[0:hgt, 0:wid] / max(hgt, wid)
-    angle = rng.uniform(0, np.pi, (k, 1, 1))
+    angle = (np.arange(k) * 0.618 * np.pi % np.pi)[:, None, None]  # the same images for every model
     dist = np.abs((yy - 0.5) * np.cos(angle) - (xx - 0.5) * np.sin(angle))
     image = (255 * np.clip(1.5 - 20 * dist, 0, 1))[:, None].repeat(c, 1).astype(np.uint8)
     noise = rng.uniform(-1, 1, (2, k, c, hgt, wid)).astype(np.float16)
