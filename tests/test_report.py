@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -187,3 +188,20 @@ def test_embedded_views_respect_the_image_budget(tmp_path: Path) -> None:
     assert 10 <= k <= 15 and set(capped["count"].values()) == {k}  # a quarter, whole samples
     assert sum(map(len, capped["uris"])) < size / 4 + size / 50 * 1.01  # at most one sample over
     assert embedded_views(run.models, image_mb=0)["count"] == {m.tag: 0 for m in run.models}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("models", [4, 12])
+def test_report_stays_under_10_mb_with_1000_samples_per_model(tmp_path: Path, models: int) -> None:
+    """Worst case (white-noise views, every figure drawn): 4 models get the default 2 MB of
+    sample images; 12 models leave less of the 9.5 MB page budget, so fewer samples get images,
+    and the page still stays under 10 MB (docs/benchmarks.md, "Interactive report size")."""
+    lambdas = tuple(float(k) for k in range(models))
+    run_dir = write_synthetic_run(tmp_path / "run", lambdas=lambdas, n=1000, views=200)
+    report = render(run_dir, n_bootstrap=100)
+    size = report.html.stat().st_size
+    assert size < 10e6
+    page = report.html.read_text(encoding="utf-8")
+    counts = json.loads(re.search(r"id='salign-views'>(.*?)</script>", page, flags=re.S).group(1))["count"]
+    assert len(set(counts.values())) == 1 and next(iter(counts.values())) >= 20
+    assert page.count('"meta":"') >= 3 * models  # every model's three traces are there

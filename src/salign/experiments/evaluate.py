@@ -79,7 +79,7 @@ def evaluate_chunk(
     attack_batch_size: int | None = None,
     seed: int = 0,
     norms: Sequence[float] = (2.0,),
-) -> tuple[Any, dict[str, float]]:
+) -> tuple[Any, dict[str, Any]]:
     """Per-sample table of one chunk and its costs.
 
     Args:
@@ -224,10 +224,13 @@ def clean_accuracy(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 
     return out
 
 
-def save_npz(path: Any, *, compressed: bool = False, **arrays: np.ndarray) -> None:
+def save_npz(path: Any, *, compressed: bool = False, **arrays: Any) -> None:
     """Write ``arrays`` to the ``.npz`` file ``path`` atomically (temp file + rename)."""
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        (np.savez_compressed if compressed else np.savez)(fh, **arrays)
+        if compressed:
+            np.savez_compressed(fh, **arrays)
+        else:
+            np.savez(fh, **arrays)
 
 
 def save_gallery(path: Any, model: nn.Module, x: Tensor, sample_ids: Tensor) -> None:

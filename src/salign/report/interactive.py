@@ -8,8 +8,9 @@ evaluation saved (``eval/<tag>.views.npz``, :func:`salign.experiments.evaluate.s
 rendered here as small PNG data URIs: samples in evaluation order, every model's views of a
 sample together, until ``image_mb`` megabytes (``report.interactive_mb``); the clean image of a
 sample is embedded once for all models. The page's size is therefore bounded: plotly.js
-(≈4.8 MB) + the static figures + the points (float32, ≈30 bytes per point and plot) +
-``image_mb``.
+(≈4.8 MB) + the static figures + the points (float32 plus four int32 labels, ≈35 bytes per
+point and plot) + ``image_mb``, which :func:`salign.report.render` lowers to what is left of
+:data:`PAGE_MB`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ from salign.report.rundata import ModelResult, RunData
 
 #: Default cap on the megabytes of sample images embedded in the page (``report.interactive_mb``).
 IMAGE_MB = 2.0
+#: The images get at most what the rest of the page leaves of this many megabytes
+#: (:func:`salign.report.render`), so many models or figures shrink the images, not the limit.
+PAGE_MB = 9.5
 #: The element ids the glue script and the browser test use.
 PLOT_ID = "salign-explore"
 PANEL_ID = "salign-panel"
