@@ -143,10 +143,18 @@ def _positive(values: list[np.ndarray]) -> bool:
     return bool(both.size) and bool((both > 0).all())
 
 
-def scatter_figure(run: RunData) -> Any:
+def _log_axis(values: np.ndarray) -> dict[str, Any]:
+    """A log axis; ticks at the powers of ten only when the values span two decades or more."""
+    spans = values.size and np.log10(values.max() / values.min()) >= 2
+    return {"type": "log", "dtick": 1} if spans else {"type": "log"}
+
+
+def scatter_figure(run: RunData, with_images: dict[str, set[int]] | None = None) -> Any:
     """The plotly figure: :data:`PANELS` side by side, one trace per model and plot (``meta`` =
     the model's tag, ``customdata`` = sample id, label, prediction, attack class), an identity
-    line per plot, log axes where every value is positive."""
+    line per plot, log axes where every value is positive. The samples of ``with_images`` (tag →
+    sample ids) are filled circles, the others open circles."""
+    with_images = with_images or {}
     require_plotly()
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
@@ -173,6 +181,11 @@ def scatter_figure(run: RunData) -> Any:
             ).astype(np.int32)[keep]
             xs.append(x[keep])
             ys.append(y[keep])
+            shown = with_images.get(m.tag, set())
+            has = np.array([int(sid) in shown for sid in info[:, 0]], dtype=bool)
+            symbol: Any = "circle" if has.all() else "circle-open" if not has.any() else [
+                0 if h else 100 for h in has  # plotly's codes of circle and circle-open
+            ]  # fmt: skip
             fig.add_trace(
                 go.Scatter(
                     x=x[keep].astype(np.float32),
@@ -183,7 +196,13 @@ def scatter_figure(run: RunData) -> Any:
                     showlegend=col == 1,
                     meta=m.tag,
                     customdata=info,
-                    marker={"color": _rgb(colors[m.tag]), "size": 6, "opacity": 0.65, "line": {"width": 0}},
+                    marker={
+                        "color": _rgb(colors[m.tag]),
+                        "size": 6,
+                        "opacity": 0.65,
+                        "symbol": symbol,
+                        "line": {"width": 1, "color": _rgb(colors[m.tag])},
+                    },
                     hovertemplate=(
                         f"{html.escape(m.label)} · sample %{{customdata[0]}}<br>label %{{customdata[1]}} → "
                         f"pred %{{customdata[2]}} (adversarial: %{{customdata[3]}})<br>"
@@ -206,7 +225,7 @@ def scatter_figure(run: RunData) -> Any:
                 row=1,
                 col=col,
             )  # fmt: skip
-        axis = {"type": "log"} if log else {}
+        axis = _log_axis(both) if log else {}  # both axes span x and y (the identity line does)
         fig.update_xaxes(title_text=panel.x_title, row=1, col=col, **axis)
         fig.update_yaxes(title_text=panel.y_title, row=1, col=col, **axis)
     fig.update_layout(
@@ -250,8 +269,8 @@ _GLUE_JS = """
 def interactive_html(run: RunData, *, image_mb: float = IMAGE_MB) -> str:
     """The section's HTML: the plotly figure with plotly.js inlined, the sample panel, the views
     as JSON and the glue script (click/hover → panel)."""
-    fig = scatter_figure(run)
     views = embedded_views(run.models, image_mb=image_mb)
+    fig = scatter_figure(run, {tag: set(map(int, by_id)) for tag, by_id in views["views"].items()})
     payload = json.dumps(views, separators=(",", ":")).replace("</", "<\\/")
     glue = _GLUE_JS % {"plot": PLOT_ID, "data": DATA_ID, "panel": PANEL_ID, "names": json.dumps(VIEW_NAMES),
                        "blank": BLANK_URI}  # fmt: skip
@@ -284,7 +303,7 @@ def interactive_html(run: RunData, *, image_mb: float = IMAGE_MB) -> str:
     return "\n".join(
         [
             f"<p class='sub'>Every evaluated sample is a point{norm}; hover or click one to see it below "
-            f"({stored}). Click a model in the legend to hide or show it in all three plots, double-click "
+            f"({stored}: filled points, the others are open circles). Click a model in the legend to hide or show it in all three plots, double-click "
             "to show it alone; drag to zoom, double-click the plot to reset. Saliency and perturbation: "
             "zero at mid-grey, each on its own symmetric scale.</p>",
             plot,
