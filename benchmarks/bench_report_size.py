@@ -44,7 +44,6 @@ def split_page(page: str) -> dict[str, float]:
 
 def measure(models: int, n: int, workdir: Path) -> tuple[dict[str, float], dict[str, int]]:
     from _report_helpers import write_synthetic_run
-
     from salign.report import render
 
     lambdas = tuple(float(f"{0.1 * 3**k:g}") if k else 0.0 for k in range(models))
@@ -60,7 +59,9 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="4,8", help="numbers of models, comma separated")
     parser.add_argument("--n", type=int, default=1000, help="samples per model")
-    parser.add_argument("--run", type=Path, action="append", default=[], help="also split this run's report.html")
+    parser.add_argument(
+        "--run", type=Path, action="append", default=[], help="also split this run's report.html"
+    )
     args = parser.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -74,7 +75,9 @@ def main(argv: list[str]) -> int:
         page = (run_dir / "report.html").read_text(encoding="utf-8")
         payload = re.search(r"id='salign-views'>(.*?)</script>", page, flags=re.S)
         counts = json.loads(payload.group(1))["count"] if payload else {}
-        rows.append((f"run {run_dir.name}", split_page(page), "/".join(map(str, sorted(set(counts.values()))))))
+        rows.append(
+            (f"run {run_dir.name}", split_page(page), "/".join(map(str, sorted(set(counts.values())))))
+        )
     cols = ["total", "plotly.js", "static figures", "points", "sample images", "rest"]
     lines = [
         "## Interactive report size (issue 19)",
