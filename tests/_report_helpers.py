@@ -78,8 +78,10 @@ def write_synthetic_run(
     attacks: Sequence[str] = ("deepfool", "ddn", "fmn"),
     image_shape: tuple[int, int, int] = (1, 28, 28),
     gallery: int = 6,
+    views: int = 0,
 ) -> Path:
-    """Write config.yaml, timings.json and eval/<tag>.{csv,json,gallery.npz} of a fake sweep."""
+    """Write config.yaml, timings.json and eval/<tag>.{csv,json,gallery.npz} of a fake sweep, and
+    ``eval/<tag>.views.npz`` of the first ``views`` samples (:func:`synthetic_views`)."""
     rng = np.random.default_rng(seed)
     (run_dir / "eval").mkdir(parents=True, exist_ok=True)
     config = {
@@ -112,4 +114,31 @@ def write_synthetic_run(
             image=images,
             saliency=saliency,
         )
+        if views:
+            np.savez_compressed(
+                run_dir / "eval" / f"{tag}.views.npz", **synthetic_views(views, image_shape, rng)
+            )
     return run_dir
+
+
+def synthetic_views(
+    k: int, image_shape: tuple[int, int, int], rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """Saved sample views (salign.experiments.evaluate.sample_views) of the first ``k`` samples,
+    the worst case for the page size: digit-like strokes as images (the same for every model,
+    as the evaluation subset is), white noise as saliency maps and perturbations (noise does
+    not compress)."""
+    c, hgt, wid = image_shape
+    yy, xx = np.mgrid[0:hgt, 0:wid] / max(hgt, wid)
+    angle = (np.arange(k) * 0.618 * np.pi % np.pi)[:, None, None]  # the same images for every model
+    dist = np.abs((yy - 0.5) * np.cos(angle) - (xx - 0.5) * np.sin(angle))
+    image = (255 * np.clip(1.5 - 20 * dist, 0, 1))[:, None].repeat(c, 1).astype(np.uint8)
+    noise = rng.uniform(-1, 1, (2, k, c, hgt, wid)).astype(np.float16)
+    return {
+        "sample_id": np.arange(k),
+        "image": image,
+        "saliency": noise[0],
+        "saliency_scale": np.ones(k, np.float32),
+        "perturbation": noise[1],
+        "perturbation_scale": np.full(k, 0.1, np.float32),
+    }

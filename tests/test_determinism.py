@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -101,6 +102,14 @@ def test_study_is_deterministic_and_an_interrupted_run_resumes_to_the_same_table
     for name in first:
         assert first[name] == second[name], f"{name} differs between two runs of the same config"
     assert len(first["eval/0.csv"]) == 24
+    for tag in ("0", "1"):  # the interactive report's sample views, saved per chunk, resume too
+        with (
+            np.load(reference / "eval" / f"{tag}.views.npz") as a,
+            np.load(out / "eval" / f"{tag}.views.npz") as b,
+        ):
+            assert a.files == b.files
+            for key in a.files:
+                np.testing.assert_array_equal(a[key], b[key], err_msg=f"{tag}.views.npz {key}")
 
 
 def _cli_twice(

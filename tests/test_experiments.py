@@ -195,6 +195,44 @@ def test_pipeline_writes_the_run_directory(tiny_run: Path) -> None:
     assert not (tiny_run / "eval" / ".parts").exists()
 
 
+def test_pipeline_saves_the_sample_views_of_the_interactive_report(tiny_run: Path) -> None:
+    """eval/<tag>.views.npz: the images, saliency maps and the perturbations whose L2 norm is
+    the table's ρ, for the first report.interactive_samples samples (here all 24)."""
+    x, _ = salign.data.load("synthetic-gaussian", "test")
+    for tag in ("0", "1"):
+        table = pd.read_csv(tiny_run / "eval" / f"{tag}.csv")
+        with np.load(tiny_run / "eval" / f"{tag}.views.npz") as npz:
+            views = {k: npz[k] for k in npz.files}
+        assert views["sample_id"].tolist() == table["sample_id"].tolist()
+        ids = torch.as_tensor(views["sample_id"])
+        assert views["image"].dtype == np.uint8 and views["perturbation"].dtype == np.float16
+        np.testing.assert_array_equal(views["image"], (x[ids] * 255).round().to(torch.uint8).numpy())
+        delta = views["perturbation"].astype(np.float64) * views["perturbation_scale"][:, None, None, None]
+        found = table["rho_success"].to_numpy(bool) & (table["rho"].to_numpy() > 0)
+        assert found.sum() >= 20
+        norms = np.sqrt((delta**2).reshape(len(delta), -1).sum(1))
+        np.testing.assert_allclose(norms[found], table["rho"].to_numpy()[found], rtol=2e-3)
+        model = salign.models.load(tiny_run / "models" / tag / "checkpoint.safetensors")
+        grads = salign.saliency(model, x[ids], mode="logit").numpy()
+        saliency = views["saliency"].astype(np.float64) * views["saliency_scale"][:, None, None, None]
+        np.testing.assert_allclose(saliency, grads, atol=1e-3 * np.abs(grads).max())
+
+
+def test_sample_views_of_large_images_are_downscaled() -> None:
+    from salign.experiments.evaluate import VIEW_SIDE, sample_views
+
+    torch.manual_seed(0)
+    model = salign.models.build("relu_mlp", input_shape=[3, 100, 80], hidden=[4], num_classes=3)
+    x = torch.rand(2, 3, 100, 80)
+    views = sample_views(model, x, x.clone())
+    assert views is not None
+    assert views["image"].shape == views["saliency"].shape == (2, 3, VIEW_SIDE, 51)
+    pooled = torch.nn.functional.interpolate(x, size=(VIEW_SIDE, 51), mode="area")
+    np.testing.assert_allclose(views["image"] / 255, pooled.numpy(), atol=0.5 / 255 + 1e-6)
+    assert not views["perturbation"].any() and not views["perturbation_scale"].any()  # adv = x
+    assert sample_views(model, x.flatten(1), x.flatten(1)) is None  # not images: nothing to show
+
+
 class _Killed(RuntimeError):
     pass
 

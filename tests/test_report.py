@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -89,7 +90,7 @@ def test_spread_and_bound() -> None:
 
 
 def test_render_synthetic_run(tmp_path: Path) -> None:
-    run_dir = write_synthetic_run(tmp_path / "run", n=150)
+    run_dir = write_synthetic_run(tmp_path / "run", n=150, views=20)
     report = render(run_dir, n_bootstrap=200)
     assert report.html.is_file() and report.summary_csv.is_file()
     assert set(report.figures) >= {
@@ -121,12 +122,21 @@ def test_render_synthetic_run(tmp_path: Path) -> None:
         "t4_holds_everywhere": True,
     }
     page = report.html.read_text(encoding="utf-8")
-    # Self-contained: every image is a data URI, nothing is fetched.
-    assert "<img" in page
-    assert not re.search(r"""src=['"](?!data:)""", page)
-    assert not re.search(r"""href=['"]http""", page)
+    # Self-contained: every image is a data URI, nothing is fetched (plotly.js, inlined, holds
+    # such strings for features the page does not use: tests/test_report_browser.py watches the
+    # browser's requests).
+    markup = re.sub(r"<script[^>]*>.*?</script>", "", page, flags=re.S)
+    assert "<img" in markup
+    assert not re.search(r"""src=['"](?!data:)""", markup)
+    assert not re.search(r"""href=['"]http""", markup)
+    assert not re.search(r"<script[^>]*\ssrc=", page)
     assert "holds on 600/600 samples" in page
     assert "median α rose" in page
+    # Formulas render as maths: no raw TeX scripts left in the text.
+    assert "∇Ψ<sup>i*</sup>" in markup and "β<sub>j*</sub>" in markup and "α<sub>bin</sub>" in markup
+    assert not re.search(r"[_^]\{", markup)
+    # The interactive section: every sample a point, the first 20 with images.
+    assert "Explore samples" in page and "images for the first 20 of the 150 samples" in page
 
 
 def test_summary_is_deterministic_and_single_model_report(tmp_path: Path) -> None:
@@ -150,3 +160,48 @@ def test_load_run_errors(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no finished evaluation"):
         load_run(tmp_path / "empty")
+
+
+def test_math_html_renders_tex_scripts_only_in_formulas() -> None:
+    from salign.report.html import math_html
+
+    assert math_html("α = |⟨x,∇Ψ^{i*}⟩|/‖∇Ψ^{i*}‖") == "α = |⟨x,∇Ψ<sup>i*</sup>⟩|/‖∇Ψ<sup>i*</sup>‖"
+    assert math_html("|β_j*|/‖g‖_q, ρ̃_p") == "|β<sub>j*</sub>|/‖g‖<sub>q</sub>, ρ̃<sub>p</sub>"
+    assert math_html("summary_linf.csv <b>") == "summary_linf.csv &lt;b&gt;"
+
+
+def test_embedded_views_respect_the_image_budget(tmp_path: Path) -> None:
+    """Samples in order, every model's views of a sample together, until the megabyte cap; the
+    clean image of a sample is embedded once for all models."""
+    from salign.report.interactive import embedded_views
+
+    run = load_run(write_synthetic_run(tmp_path / "run", n=60, views=50))
+    full = embedded_views(run.models, image_mb=100)
+    assert full["count"] == {m.tag: 50 for m in run.models}
+    # 50 shared images + 3 views per model and sample (noise: every URI distinct)
+    assert len(full["uris"]) == 50 + 3 * 4 * 50
+    first = full["views"]["0"]["0"]
+    assert all(full["views"][t]["0"][0] == first[0] for t in full["views"])
+    size = sum(map(len, full["uris"]))
+    capped = embedded_views(run.models, image_mb=size / 4 / 1e6)
+    k = capped["count"]["0"]
+    assert 10 <= k <= 15 and set(capped["count"].values()) == {k}  # a quarter, whole samples
+    assert sum(map(len, capped["uris"])) < size / 4 + size / 50 * 1.01  # at most one sample over
+    assert embedded_views(run.models, image_mb=0)["count"] == {m.tag: 0 for m in run.models}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("models", [4, 12])
+def test_report_stays_under_10_mb_with_1000_samples_per_model(tmp_path: Path, models: int) -> None:
+    """Worst case (white-noise views, every figure drawn): 4 models get the default 2 MB of
+    sample images; 12 models leave less of the 9.5 MB page budget, so fewer samples get images,
+    and the page still stays under 10 MB (docs/benchmarks.md, "Interactive report size")."""
+    lambdas = tuple(float(k) for k in range(models))
+    run_dir = write_synthetic_run(tmp_path / "run", lambdas=lambdas, n=1000, views=200)
+    report = render(run_dir, n_bootstrap=100)
+    size = report.html.stat().st_size
+    assert size < 10e6
+    page = report.html.read_text(encoding="utf-8")
+    counts = json.loads(re.search(r"id='salign-views'>(.*?)</script>", page, flags=re.S).group(1))["count"]
+    assert len(set(counts.values())) == 1 and next(iter(counts.values())) >= 20
+    assert page.count('"meta":"') >= 3 * models  # every model's three traces are there

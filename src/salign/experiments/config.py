@@ -235,12 +235,24 @@ class AttackConfig(_Strict):
 
 
 class ReportConfig(_Strict):
-    """Statistics and extras of the report."""
+    """Statistics and extras of the report.
+
+    ``interactive_samples``: the first K samples of the evaluation subset of each model get
+    their views saved by the evaluation (``eval/<model>.views.npz``: image, saliency map and
+    adversarial perturbation, at most 64 pixels a side, uint8/float16), which the interactive
+    scatter of ``report.html`` shows on a click; every sample gets a point. ``interactive_mb``
+    caps the megabytes of thumbnails embedded in the page (samples in order, every model's views
+    of a sample together, until the cap; lowered to what the rest of the page leaves of 9.5 MB),
+    so the sample images never push the page over 10 MB, whatever their size and the number of
+    models (docs/benchmarks.md, "Interactive report size").
+    """
 
     n_bootstrap: int = Field(default=2000, ge=100)
     level: float = Field(default=0.95, gt=0, lt=1)
     linear_sanity: bool = True
     figures: bool = Field(default=True, description="draw the PNG figures (false: tables and HTML only)")
+    interactive_samples: int = Field(default=200, ge=0)
+    interactive_mb: float = Field(default=2.0, ge=0)
 
 
 class ExperimentConfig(_Strict):

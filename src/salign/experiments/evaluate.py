@@ -5,6 +5,10 @@ The unit of work is a *chunk* of consecutive evaluation samples: :func:`evaluate
 ensemble, against the predicted class), once per norm of ``evaluation.norms``, and returns one
 table row per sample. Chunks are saved as
 they finish, so a killed evaluation resumes at the first missing chunk.
+
+:func:`sample_views` keeps, for the first samples of the subset, what the interactive report
+shows on a click: the input, its saliency map and the perturbation of the adversarial example
+the attacks found, downscaled and quantised (``eval/<model>.views.npz``).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from salign._io import atomic_path
@@ -25,6 +30,9 @@ from salign.report import columns as C
 
 #: Columns the attack step adds to the Analysis table (plus rho_<a>, success_<a> per attack).
 ATTACK_COLUMNS = (C.RHO, C.RHO_SUCCESS, C.ADV_CLASS, C.BEST_ATTACK)
+#: Longest side (pixels) of the per-sample views of :func:`sample_views`; larger inputs are
+#: area-downscaled to it, so a 224×224 ImageNet sample costs 64×64 values per channel and view.
+VIEW_SIDE = 64
 
 
 def evaluation_subset(n_total: int, n: int, seed: int) -> Tensor:
@@ -71,7 +79,7 @@ def evaluate_chunk(
     attack_batch_size: int | None = None,
     seed: int = 0,
     norms: Sequence[float] = (2.0,),
-) -> tuple[Any, dict[str, float]]:
+) -> tuple[Any, dict[str, Any]]:
     """Per-sample table of one chunk and its costs.
 
     Args:
@@ -99,9 +107,11 @@ def evaluate_chunk(
         ``(frame, costs)``: a pandas DataFrame (``sample_id``, the Analysis columns, ``rho``,
         ``rho_success``, ``adv_class``, ``best_attack``, ``rho_<a>``, ``success_<a>``, each
         suffixed for p ≠ 2) and ``{"seconds_analyze", "seconds_attacks", "forwards",
-        "backwards", "flags", "warnings"}`` (summed over the norms; the attacks' sanity-flag
-        counts, suffixed for p ≠ 2, and the warnings raised, which are recorded instead of
-        printed: they go to ``eval/<model>.json`` and the report).
+        "backwards", "flags", "warnings", "adversarial"}`` (summed over the norms; the attacks'
+        sanity-flag counts, suffixed for p ≠ 2, and the warnings raised, which are recorded
+        instead of printed: they go to ``eval/<model>.json`` and the report; ``adversarial``:
+        the adversarial points of the first norm, L2 when evaluated, on the CPU, equal to ``x``
+        where none was found — for :func:`sample_views`, not summed by :func:`merge_costs`).
     """
     import salign
 
@@ -164,6 +174,8 @@ def evaluate_chunk(
         costs["forwards"] += float(result.forwards)
         costs["backwards"] += float(result.backwards)
         costs["flags"].update({key + sfx: value for key, value in result.flags.items()})
+        if "adversarial" not in costs:
+            costs["adversarial"] = result.adv.detach().cpu()
     assert frame is not None
     if not known:
         lab = labels.cpu().numpy()
@@ -217,15 +229,72 @@ def clean_accuracy(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 
     return out
 
 
+def save_npz(path: Any, *, compressed: bool = False, **arrays: Any) -> None:
+    """Write ``arrays`` to the ``.npz`` file ``path`` atomically (temp file + rename)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        if compressed:
+            np.savez_compressed(fh, **arrays)
+        else:
+            np.savez(fh, **arrays)
+
+
 def save_gallery(path: Any, model: nn.Module, x: Tensor, sample_ids: Tensor) -> None:
     """Save the inputs and their predicted-logit saliency maps ∇Ψ^{F(x)}(x) for figure P1."""
     import salign
 
     grads = salign.saliency(model, x, mode="logit")
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.savez(
-            fh,
-            sample_id=sample_ids.cpu().numpy(),
-            image=x.detach().cpu().float().numpy(),
-            saliency=grads.detach().cpu().float().numpy(),
-        )
+    save_npz(
+        path,
+        sample_id=sample_ids.cpu().numpy(),
+        image=x.detach().cpu().float().numpy(),
+        saliency=grads.detach().cpu().float().numpy(),
+    )
+
+
+def _downscale(t: Tensor, side: int) -> Tensor:
+    """Area-average an NCHW batch so that its longest side is at most ``side`` pixels."""
+    h, w = t.shape[-2:]
+    if max(h, w) <= side:
+        return t
+    scale = side / max(h, w)
+    return F.interpolate(t, size=(max(1, round(h * scale)), max(1, round(w * scale))), mode="area")
+
+
+def _scaled_half(t: Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample ``(t / max|t|)`` as float16 and ``max|t|`` as float32: float16 keeps three
+    digits of any gradient's shape whatever its magnitude (raw gradients under- or overflow)."""
+    peak = t.flatten(1).abs().amax(1).double()
+    safe = torch.where(peak > 0, peak, torch.ones_like(peak))
+    unit = (t.double() / safe.view(-1, *([1] * (t.dim() - 1)))).cpu().numpy().astype(np.float16)
+    return unit, peak.cpu().numpy().astype(np.float32)
+
+
+def sample_views(
+    model: nn.Module, x: Tensor, adversarial: Tensor, *, side: int = VIEW_SIDE
+) -> dict[str, np.ndarray] | None:
+    """The compact per-sample views the interactive report shows on a click.
+
+    For each input: the image, its saliency map ∇Ψ^{F(x)}(x) (design.md D1, the map of figure
+    P1) and the perturbation δ = x_adv − x of the nearest adversarial example found (ρ = ‖δ‖;
+    zero where none was found). Each is area-downscaled to at most ``side`` pixels a side, then
+    quantised: ``image`` as uint8 (x·255), ``saliency`` and ``perturbation`` as float16 divided
+    by their per-sample max |·| (``saliency_scale``, ``perturbation_scale``, float32). The
+    adversarial example is ``image/255 + perturbation·perturbation_scale``. ``None`` for inputs
+    that are not NCHW images (nothing to show).
+    """
+    import salign
+
+    if x.dim() != 4:
+        return None
+    grads = salign.saliency(model, x, mode="logit").detach()
+    delta = adversarial.to(x.device).detach() - x.detach()
+    image = (_downscale(x.detach(), side).clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+    saliency, saliency_scale = _scaled_half(_downscale(grads, side))
+    perturbation, perturbation_scale = _scaled_half(_downscale(delta, side))
+    return {
+        "image": image,
+        "saliency": saliency,
+        "saliency_scale": saliency_scale,
+        "perturbation": perturbation,
+        "perturbation_scale": perturbation_scale,
+    }

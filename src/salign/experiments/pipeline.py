@@ -39,7 +39,9 @@ from salign.experiments.evaluate import (
     evaluation_subset,
     gallery_positions,
     merge_costs,
+    sample_views,
     save_gallery,
+    save_npz,
 )
 from salign.experiments.sharding import Shard, barrier, current_shard, gather_to_main, shard_bounds
 from salign.report.rundata import (
@@ -52,6 +54,7 @@ from salign.report.rundata import (
     SANITY_FILE,
     SUMMARY_MD_FILE,
     TIMINGS_FILE,
+    VIEWS_SUFFIX,
     lambda_tag,
     summary_file,
 )
@@ -231,7 +234,12 @@ def evaluate_stage_model(
     quiet: bool | None,
 ) -> None:
     """Evaluate one model on this rank's slice in saved chunks; rank 0 gathers and writes
-    ``eval/<tag>.csv``, the gallery and ``eval/<tag>.json`` (the completion marker, last)."""
+    ``eval/<tag>.csv``, the gallery, the sample views of the first ``report.interactive_samples``
+    samples and ``eval/<tag>.json`` (the completion marker, last).
+
+    A chunk's views (``<chunk>.views.npz``) are written before its table, so a chunk whose table
+    exists has its views: a resumed evaluation reads both and recomputes neither."""
+    import numpy as np
     import pandas as pd
 
     ev = cfg.evaluation
@@ -241,6 +249,8 @@ def evaluate_stage_model(
     parts = _parts_dir(run_dir, tag)
     parts.mkdir(parents=True, exist_ok=True)
     frames = []
+    views: list[dict[str, Any]] = []
+    n_views = cfg.report.interactive_samples
     chunk_costs: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     chunk_starts = list(range(start, stop, ev.chunk_size))
@@ -248,8 +258,12 @@ def evaluate_stage_model(
     for c0 in progress(chunk_starts, desc=f"evaluate {tag}", total=len(chunk_starts), quiet=quiet):
         c1 = min(c0 + ev.chunk_size, stop)
         part = parts / f"{c0:07d}-{c1:07d}.csv"
+        part_views = part.with_suffix(VIEWS_SUFFIX)
         if part.is_file():
             frames.append(pd.read_csv(part))
+            if part_views.is_file():
+                with np.load(part_views) as npz:
+                    views.append({k: npz[k] for k in npz.files})
             continue
         while True:
             try:
@@ -272,21 +286,36 @@ def evaluate_stage_model(
                 break
             except torch.OutOfMemoryError as exc:
                 batches = _halved(batches, exc, tag, c0, c1)
+        adversarial = costs.pop("adversarial", None)
+        if c0 < n_views and adversarial is not None:
+            k = min(c1, n_views) - c0
+            chunk_views = sample_views(model, x_eval[c0 : c0 + k].to(device), adversarial[:k])
+            if chunk_views is not None:
+                chunk_views["sample_id"] = ids[c0 : c0 + k].cpu().numpy()
+                save_npz(part_views, compressed=True, **chunk_views)
+                views.append(chunk_views)
         chunk_costs.append(costs)
         with atomic_open(part, "w", encoding="utf-8", newline="") as fh:
             frame.to_csv(fh, index=False)
         frames.append(pd.read_csv(part))  # the same dtypes as a resumed chunk
     local = pd.concat(frames, ignore_index=True) if frames else None
-    gathered = gather_to_main((local, merge_costs(chunk_costs)), shard)
+    gathered = gather_to_main((local, merge_costs(chunk_costs), views), shard)
     seconds = time.perf_counter() - t0
     if not shard.is_main:
         return
     assert gathered is not None
-    table = pd.concat([f for f, _ in gathered if f is not None], ignore_index=True)
+    table = pd.concat([f for f, _, _ in gathered if f is not None], ignore_index=True)
     table = table.sort_values("sample_id", kind="stable").reset_index(drop=True)
-    total_costs = merge_costs([c for _, c in gathered])
+    total_costs = merge_costs([c for _, c, _ in gathered])
     with atomic_open(run_dir / EVAL_DIR / f"{tag}.csv", "w", encoding="utf-8", newline="") as fh:
         table.to_csv(fh, index=False)
+    all_views = [v for _, _, rank_views in gathered for v in rank_views]
+    if all_views:  # ranks hold consecutive slices in rank order: sample order is kept
+        save_npz(
+            run_dir / EVAL_DIR / f"{tag}{VIEWS_SUFFIX}",
+            compressed=True,
+            **{key: np.concatenate([v[key] for v in all_views]) for key in all_views[0]},
+        )
     if ev.gallery:
         pos = gallery_positions(y_eval, ev.gallery)
         save_gallery(run_dir / EVAL_DIR / f"{tag}{GALLERY_SUFFIX}", model, x_eval[pos].to(device), ids[pos])

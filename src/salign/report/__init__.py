@@ -1,12 +1,13 @@
 """Statistics, figures P1–P8, table T1 and the self-contained HTML report of a run directory.
 
 ``render(run_dir)`` re-reads the saved per-sample tables (nothing is recomputed), writes
-``summary.csv``, ``figures/*.png`` and ``report.html``, and returns a :class:`Report`. A study
+``summary.csv``, ``figures/*.png`` and ``report.html`` (with the interactive scatter of
+:mod:`salign.report.interactive`), and returns a :class:`Report`. A study
 with several norms (``evaluation.norms``) gets T1, the norm-dependent figures
 (:data:`~salign.report.figures.NORM_FIGURES`), the reading and the T4 check once per norm; a
 norm p ≠ 2 writes ``summary_linf.csv`` / ``figures/p2_alpha_vs_rho_linf.png`` (its suffix). The
 statistics in :mod:`salign.report.stats` need only numpy; the figures and tables need the
-``report`` extra (matplotlib, pandas).
+``report`` extra (matplotlib, pandas, plotly).
 """
 
 from __future__ import annotations
@@ -104,6 +105,7 @@ def render(
     from salign.report.columns import norm_suffix
     from salign.report.figures import NORM_FIGURES, save_figures
     from salign.report.html import render_html, write_html
+    from salign.report.interactive import IMAGE_MB, PAGE_MB, interactive_html
     from salign.report.markdown import summary_markdown
     from salign.report.reading import reading, trend_checks
     from salign.report.tables import summary_table
@@ -139,7 +141,19 @@ def render(
     first = norms[0]
     summary_path = root / summary_file(first)
     config_text = (root / CONFIG_FILE).read_text(encoding="utf-8") if (root / CONFIG_FILE).is_file() else ""
-    page = render_html(run, summaries, written, sentences, config_text=config_text, checks=checks)
+    explore = run.for_norm(first)
+
+    def page_with_images(image_mb: float) -> str:
+        section = interactive_html(explore, image_mb=image_mb)
+        return render_html(
+            run, summaries, written, sentences, config_text=config_text, checks=checks, interactive=section
+        )
+
+    # The sample images get report.interactive_mb, or what the rest of the page leaves of PAGE_MB.
+    page = page_with_images(0.0)
+    image_mb = min(float(report_cfg.get("interactive_mb", IMAGE_MB)), PAGE_MB - len(page.encode()) / 1e6)
+    if image_mb > 0:
+        page = page_with_images(image_mb)
     html_path = write_html(root / REPORT_FILE, page)
     write_text_atomic(root / SUMMARY_MD_FILE, summary_markdown(run, summaries, sentences, checks))
     return Report(html_path, summary_path, written, summaries[first], sentences, checks, summaries)

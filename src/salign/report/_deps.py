@@ -29,3 +29,12 @@ def require_pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def require_plotly() -> ModuleType:
+    """Import plotly (the interactive scatter of report.html) or raise with the install hint."""
+    try:
+        import plotly
+    except ImportError as exc:
+        raise MissingDependencyError(f"the interactive report needs plotly: {INSTALL_HINT}") from exc
+    return plotly

@@ -126,7 +126,8 @@ def saliency_to_image(saliency: np.ndarray, *, percentile: float = 99.5) -> tupl
     return img.transpose(1, 2, 0), {}
 
 
-def _input_to_image(x: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+def input_to_image(x: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    """A (C, H, W) input in [0, 1] as an image for ``imshow`` (grey for one channel) and its keyword arguments."""
     x = np.asarray(x, dtype=np.float64)
     if x.shape[0] == 1:
         return x[0], {"cmap": "gray", "vmin": 0.0, "vmax": 1.0}
@@ -150,7 +151,7 @@ def figure_gallery(run: RunData, summary: Any = None, *, max_images: int = 6) ->
     rows, cols = len(ids), 1 + len(models)
     fig, axes = plt.subplots(rows, cols, figsize=(1.75 * cols, 1.85 * rows + 0.7), squeeze=False)
     for r, sid in enumerate(ids):
-        img, kw = _input_to_image(images[r])
+        img, kw = input_to_image(images[r])
         ax = axes[r, 0]
         ax.imshow(img, interpolation="nearest", **kw)
         first = models[0].frame

@@ -1,4 +1,7 @@
-"""The self-contained ``report.html``: figures embedded as base64 PNG, no external resources."""
+"""The self-contained ``report.html``: figures embedded as base64 PNG, the interactive scatter
+(:mod:`salign.report.interactive`, plotly.js inlined), no external resources. Formulas written
+TeX-style in captions and the reading (``∇Ψ^{i*}``, ``β_{j*}``, ``α_bin``) are rendered with
+HTML sub- and superscripts by :func:`math_html`."""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import base64
 import html
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +64,29 @@ figcaption{color:#555;font-size:.9em}
 pre{background:#f7f7f7;padding:.8em;overflow-x:auto;font-size:.8em;border:1px solid #eee}
 .ok{color:#1a7f37;font-weight:600}.bad{color:#b42318;font-weight:600}
 details summary{cursor:pointer;color:#0b57d0}
+sub,sup{font-size:.72em;line-height:0}
+.panel{border:1px solid #ddd;border-radius:4px;padding:.4em .8em;margin:.4em 0 1em}
+.panel-title{margin:.2em 0;font-size:.9em;color:#333}
+.views{display:flex;flex-wrap:wrap;gap:1em}.views figure{margin:.2em 0;text-align:center}
+.views img{width:150px;height:150px;object-fit:contain;image-rendering:pixelated;border:1px solid #ccc;
+background:#fafafa}.views figcaption{font-size:.8em}
 """
+
+#: A TeX-style sub- or superscript after a Greek letter, ρ̃, ‖ or ")": ``^{i*}``, ``_{j*}``, ``_bin``.
+_SCRIPT = re.compile(r"(?<=[\u0370-\u03ff\u0303‖)])([_^])(?:\{([^{}]*)\}|([A-Za-z0-9]+\*?))")
+
+
+def math_html(text: str) -> str:
+    """``text`` HTML-escaped, with its TeX-style scripts as ``<sub>``/``<sup>``: ``∇Ψ^{i*}`` →
+    ∇Ψ<sup>i*</sup>, ``β_{j*}`` and ``β_j*`` → β<sub>j*</sub>, ``α_bin`` → α<sub>bin</sub>, ``‖g‖_q``.
+    Only a script after a Greek letter, ρ̃, ‖ or ")" is converted, so file and column names
+    (``summary_linf.csv``) are left alone."""
+
+    def script(m: re.Match[str]) -> str:
+        tag = "sub" if m[1] == "_" else "sup"
+        return f"<{tag}>{m[2] if m[2] is not None else m[3]}</{tag}>"
+
+    return _SCRIPT.sub(script, html.escape(text))
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -103,7 +129,7 @@ def _cell(row: Any, col: str) -> str:
 def summary_html(summary: Any) -> str:
     """The main T1 table as HTML."""
     cols = [(c, h) for c, h in MAIN_COLUMNS if c in summary.columns]
-    head = "".join(f"<th>{html.escape(h)}</th>" for _, h in cols)
+    head = "".join(f"<th>{math_html(h)}</th>" for _, h in cols)
     body = []
     for _, row in summary.iterrows():
         r = row.to_dict()
@@ -163,10 +189,13 @@ def render_html(
     *,
     config_text: str = "",
     checks: dict[str, bool] | None = None,
+    interactive: str = "",
 ) -> str:
     """Assemble the report page (a string) with every figure inlined as a data URI.
 
     ``summary``: table T1, or ``{norm: T1}`` for a study of several norms (one table each).
+    ``interactive``: the "Explore samples" section (:func:`salign.report.interactive.interactive_html`),
+    placed after the tables.
     """
     from salign.report.columns import norm_label
 
@@ -186,7 +215,7 @@ def render_html(
         f"<b>{html.escape(str(ds_name))}</b>, {len(run.models)} model(s), N = {n_eval} evaluated samples per "
         f"model, seed {html.escape(str(seed))}.</p>",
         "<h2>Reading</h2><ul class='reading'>",
-        *[f"<li>{html.escape(s)}</li>" for s in sentences],
+        *[f"<li>{math_html(s)}</li>" for s in sentences],
         "</ul>",
     ]
     if checks:
@@ -199,27 +228,30 @@ def render_html(
         title = f"Table T1 — {norm_label(p)}" if several or p != 2 else "Table T1"
         parts += [f"<h2>{html.escape(title)}</h2>", summary_html(table)]
         if p == 2:
-            parts.append(
-                "<p class='sub'>ρ: L2 distance to the nearest adversarial example found by the attack ensemble "
+            caption = (
+                "ρ: L2 distance to the nearest adversarial example found by the attack ensemble "
                 "(attacking the predicted class); α = |⟨x,∇Ψ^{i*}⟩|/‖∇Ψ^{i*}‖; α_bin uses g = ∇(Ψ^{i*}−Ψ^{j*}) with "
-                "j* the nearest linearized boundary; ρ̃ = (Ψ^{i*}−Ψ^{j*})/‖g‖; β = Ψ − ⟨∇Ψ, x⟩.</p>"
+                "j* the nearest linearized boundary; ρ̃ = (Ψ^{i*}−Ψ^{j*})/‖g‖; β = Ψ − ⟨∇Ψ, x⟩."
             )
         else:
             dual = norm_label(dual_exponent(p))
-            parts.append(
-                f"<p class='sub'>ρ: {norm_label(p)} distance to the nearest adversarial example found by the "
+            caption = (
+                f"ρ: {norm_label(p)} distance to the nearest adversarial example found by the "
                 f"{norm_label(p)} attack ensemble; α, α_bin, ρ̃ and |β|/‖g‖ divide by the {dual} norm of the "
                 f'gradient (the dual norm: α_p = |⟨x,g⟩|/‖g‖_q, docs/theory.md "Other norms"); j* is the '
-                f"nearest linearized boundary in {norm_label(p)}.</p>"
+                f"nearest linearized boundary in {norm_label(p)}."
             )
+        parts.append(f"<p class='sub'>{math_html(caption)}</p>")
         parts.append(f"<details><summary>all T1 columns</summary>{full_table_html(table)}</details>")
+    if interactive:
+        parts += ["<h2>Explore samples</h2>", interactive]
     parts.append("<h2>Figures</h2>")
     for name, path in figures.items():
         data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
         caption = figure_caption(name)
         parts.append(
             f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,{data}'>"
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+            f"<figcaption>{math_html(caption)}</figcaption></figure>"
         )
     parts.append("<h2>Run</h2>")
     if versions:

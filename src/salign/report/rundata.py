@@ -7,6 +7,9 @@ Layout (written by :mod:`salign.experiments`, read here; see docs/architecture.m
     <run>/eval/<tag>.csv           per-sample table of one model (see salign.report.columns)
     <run>/eval/<tag>.json          that model's metadata: λ, accuracy, timings, attacks, n
     <run>/eval/<tag>.gallery.npz   sample_id, image, saliency of the gallery images (P1)
+    <run>/eval/<tag>.views.npz     sample_id, image, saliency, perturbation (+ their scales) of the
+                                   first report.interactive_samples samples (interactive report;
+                                   salign.experiments.evaluate.sample_views)
     <run>/eval/sanity.csv          the linear sanity experiment (P8), optional
     <run>/figures/*.png, <run>/summary.csv, <run>/report.html   written by the report
 
@@ -37,6 +40,7 @@ SUMMARY_MD_FILE = "summary.md"
 REPORT_FILE = "report.html"
 SANITY_FILE = "sanity.csv"
 GALLERY_SUFFIX = ".gallery.npz"
+VIEWS_SUFFIX = ".views.npz"
 PRETRAINED_TAG = "pretrained"
 
 
@@ -63,6 +67,8 @@ class ModelResult:
     frame: Any  # pandas.DataFrame of per-sample columns
     meta: dict[str, Any]
     gallery: dict[str, np.ndarray] | None = None
+    #: the saved sample views (``<tag>.views.npz``), or None
+    views: dict[str, np.ndarray] | None = None
 
     @property
     def label(self) -> str:
@@ -101,7 +107,9 @@ class RunData:
         and α, then shows ρ_p and α_p."""
         from salign.report.columns import norm_view
 
-        models = [ModelResult(m.tag, m.lam, norm_view(m.frame, p), m.meta, m.gallery) for m in self.models]
+        models = [
+            ModelResult(m.tag, m.lam, norm_view(m.frame, p), m.meta, m.gallery, m.views) for m in self.models
+        ]
         return RunData(self.run_dir, self.config, models, self.timings, self.sanity, norm=float(p))
 
     def pooled(self) -> Any:
@@ -131,6 +139,19 @@ def read_json(path: Path) -> Any:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(
             f"{path} is not valid JSON ({exc}); restore it, or delete it to recompute it"
+        ) from None
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray] | None:
+    """The arrays of an optional ``.npz`` file (None when absent); a damaged one is a DataError."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(
+            f"{path} is not a readable .npz file ({exc}); restore it or delete it (the report then leaves out its images)"
         ) from None
 
 
@@ -176,12 +197,9 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunData:
         lam = float("nan") if lam_raw is None else float(lam_raw)
         frame[MODEL] = tag
         frame[LAMBDA] = lam
-        gallery = None
-        gpath = root / EVAL_DIR / f"{tag}{GALLERY_SUFFIX}"
-        if gpath.is_file():
-            with np.load(gpath) as npz:
-                gallery = {k: npz[k] for k in npz.files}
-        models.append(ModelResult(tag, lam, add_derived(frame), meta, gallery))
+        gallery = _read_npz(root / EVAL_DIR / f"{tag}{GALLERY_SUFFIX}")
+        views = _read_npz(root / EVAL_DIR / f"{tag}{VIEWS_SUFFIX}")
+        models.append(ModelResult(tag, lam, add_derived(frame), meta, gallery, views))
     if not models:
         raise DataError(f"{root} has no finished evaluation (no {EVAL_DIR}/<model>.csv with its .json)")
     models.sort(key=lambda m: (math.isnan(m.lam), m.lam if not math.isnan(m.lam) else 0.0, m.tag))
