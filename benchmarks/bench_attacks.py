@@ -599,8 +599,8 @@ def main_norms(args: argparse.Namespace) -> None:
         "logits with 100 iterations each, FMN warm-started from the best point, a cold FMN, the "
         "FMN short chain); its rows `ours standard › RUN` are its runs' own results. Peers: foolbox "
         "3.3.4 (FMN, DeepFool L∞, EAD L1 at 5 binary-search rounds of steps/5), pyautoattack 0.2.0 "
-        "(FAB one run of 100 iterations; FAB-T the same against each of the 9 highest other logits, "
-        "per-sample best), adv-lib 0.2.8 (FMN, FAB with its defaults, ALMA-L1). Every point is "
+        "(FAB, one run of 100 iterations: its FAB-T is left out for time, ours runs in the "
+        "ensemble), adv-lib 0.2.8 (FMN, FAB with its defaults, ALMA-L1). Every point is "
         "verified the same way (clip, re-forward, another class). Envelope = per-sample best over "
         "every row. Goal: the ensemble's median ≤ 1.01 × the envelope's median; APGD at ε = our "
         "median breaks none of the samples we put farther than ε.",
@@ -615,6 +615,132 @@ def main_norms(args: argparse.Namespace) -> None:
     from salign._io import write_text_atomic
 
     write_text_atomic(args.out if args.out != DOC else DOC.with_name("attacks-lp.md"), text + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# Cost against adv-lib (issue 17): the same algorithm, equal steps, interleaved repeats
+
+
+def advlib_pairs(steps: int) -> dict[str, tuple[Any, Any, float]]:
+    """``label -> (ours(model, x, y), adv-lib's(model, x, y), norm)``: the same algorithm with the
+    papers' defaults on both sides (ours without line search or polish; adv-lib's DDN without its
+    256-level quantisation), at ``steps`` steps (FAB: 100 iterations, untargeted)."""
+    from adv_lib.attacks import alma as al_alma
+    from adv_lib.attacks import ddn as al_ddn
+    from adv_lib.attacks import fab as al_fab
+    from adv_lib.attacks import fmn as al_fmn
+
+    from salign.attacks import ALMA, FAB
+
+    pairs: dict[str, tuple[Any, Any, float]] = {
+        "DDN L2": (
+            lambda m, x, y: DDN(steps=steps)(m, x, y, warn=False),
+            lambda m, x, y: al_ddn(m, x, y, steps=steps, levels=None),
+            2.0,
+        ),
+        "ALMA L2": (
+            lambda m, x, y: ALMA(steps=steps)(m, x, y, warn=False),
+            lambda m, x, y: al_alma(m, x, y, num_steps=steps),
+            2.0,
+        ),
+    }
+    for norm in (2.0, math.inf, 1.0):
+        pairs[f"FMN L{pname(norm)}"] = (
+            lambda m, x, y, p=norm: FMN(norm=p, steps=steps)(m, x, y, warn=False),
+            lambda m, x, y, p=norm: al_fmn(m, x, y, norm=p, steps=steps),
+            norm,
+        )
+        pairs[f"FAB L{pname(norm)}"] = (
+            lambda m, x, y, p=norm: FAB(norm=p, steps=100)(m, x, y, warn=False),
+            lambda m, x, y, p=norm: al_fab(m, x, y, norm=p, n_iter=100),
+            norm,
+        )
+    return pairs
+
+
+def main_advlib(args: argparse.Namespace) -> None:
+    """``--vs-advlib``: wall time (repeats interleaved ours / adv-lib, median and range), model
+    calls per sample (one counted run each) and median distance per pair of :func:`advlib_pairs`."""
+    try:
+        pairs = advlib_pairs(args.steps)
+    except ImportError:
+        raise SystemExit(
+            "adv-lib is not installed: PIP_BUILD_CONSTRAINT=<file with 'setuptools<70'> pip install "
+            "adv-lib==0.2.8 (its dependency visdom builds from an sdist that needs setuptools < 70)"
+        ) from None
+    name = args.models.split(",")[0]
+    model = get_model(0.0 if name == "plain" else args.lam, args.epochs)
+    x_all, _ = salign.data.load("mnist", "test")
+    x = x_all[args.first : args.first + args.n]
+    with torch.no_grad():
+        labels = model(x).argmax(1)
+    only = [k.strip() for k in args.vs_advlib.split(",")] if args.vs_advlib != "all" else list(pairs)
+    rows = []
+    for label in only:
+        ours_fn, theirs_fn, norm = pairs[label]
+        counted = {k: run_peer(lambda cm, f=f: _adv_of(f(cm, x, labels)), model, x, labels, norm)
+                   for k, f in (("ours", ours_fn), ("adv-lib", theirs_fn))}  # fmt: skip
+        times: dict[str, list[float]] = {"ours": [], "adv-lib": []}
+        for rep in range(args.repeats):
+            order = (("ours", ours_fn), ("adv-lib", theirs_fn))
+            for key, fn in order if rep % 2 == 0 else order[::-1]:
+                start = time.perf_counter()
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    fn(model, x, labels)
+                times[key].append(time.perf_counter() - start)
+        ratios = sorted(a / b for a, b in zip(times["ours"], times["adv-lib"], strict=True))
+        m_ours, m_theirs = median(counted["ours"]["distance"]), median(counted["adv-lib"]["distance"])
+        rows.append(
+            f"| {label} | {median(torch.tensor(times['ours'])):.2f} | {median(torch.tensor(times['adv-lib'])):.2f} | "
+            f"**{median(torch.tensor(ratios)):.3f}** ({ratios[0]:.3f}–{ratios[-1]:.3f}) | "
+            f"{counted['ours']['forwards'] / len(x):.0f} / {counted['ours']['backwards'] / len(x):.0f} | "
+            f"{counted['adv-lib']['forwards'] / len(x):.0f} / {counted['adv-lib']['backwards'] / len(x):.0f} | "
+            f"{m_ours:.4f} | {m_theirs:.4f} | "
+            f"{float(torch.isfinite(counted['ours']['distance']).float().mean()):.0%} / "
+            f"{float(torch.isfinite(counted['adv-lib']['distance']).float().mean()):.0%} |"
+        )
+        print(rows[-1], file=sys.stderr, flush=True)
+    cmd = " ".join([".venv/bin/python benchmarks/bench_attacks.py", *sys.argv[1:]])
+    text = "\n".join(
+        [
+            "# Attacks: cost against adv-lib 0.2.8 at equal steps (issue 17)",
+            "",
+            f"Command: `{cmd.strip()}`  ",
+            f"SmallNet {name}, MNIST test images {args.first}–{args.first + args.n - 1}, {args.steps} steps "
+            f"(FAB: 100 iterations), {args.repeats} repeats interleaved (ours first on even repeats), "
+            f"{args.threads} thread(s); {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}, "
+            f"torch {torch.__version__}, {platform.processor() or platform.machine()}, shared CPU.",
+            "",
+            "Both sides run the paper's algorithm with its defaults (ours: no line search, no polish; "
+            "adv-lib's DDN without its 256-level quantisation). Seconds are medians over the repeats; "
+            "the ratio column is the median of the per-repeat ratios (range in brackets). Model calls "
+            "per sample and medians come from one more run of each, counted by the same wrapper and "
+            "verified the same way (clip, re-forward). Goal: ratio ≤ 1.0 with a median no worse.",
+            "",
+            "adv-lib is not in requirements-lock.txt: its dependency visdom 0.2.4 builds from an sdist "
+            "that needs setuptools < 70, which plain `pip install -r` cannot ask for. It installed "
+            "here (pip 26.3) with `printf 'setuptools<70\\n' > build.txt; pip install "
+            "--build-constraint build.txt adv-lib==0.2.8` (or `PIP_BUILD_CONSTRAINT=build.txt`); "
+            "without it this benchmark and the adv-lib rows of the L∞ / L1 page are skipped with a "
+            "message.",
+            "",
+            "| attack | ours s | adv-lib s | time ours ÷ adv-lib | ours fwd / bwd | adv-lib fwd / bwd | "
+            "ours median | adv-lib median | success ours / adv-lib |",
+            "|---|---|---|---|---|---|---|---|---|",
+            *rows,
+            "",
+        ]
+    )
+    print(text)
+    from salign._io import write_text_atomic
+
+    write_text_atomic(DOC.with_name("attacks-advlib.md"), text + "\n")
+
+
+def _adv_of(result: Any) -> torch.Tensor:
+    """The adversarial points of an AttackResult or of a peer's tensor."""
+    return result if isinstance(result, torch.Tensor) else result.adv
 
 
 def main() -> None:
@@ -650,7 +776,19 @@ def main() -> None:
         help="e.g. inf,1: the per-norm envelope instead (writes docs/benchmarks/attacks-lp.md)",
     )
     parser.add_argument("--chunk", type=int, default=25, help="--norms: images per chunk")
+    parser.add_argument(
+        "--vs-advlib",
+        type=str,
+        default="",
+        help='"all" or e.g. "DDN L2,FMN L∞": ours against adv-lib at equal steps (docs/benchmarks/attacks-advlib.md)',
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="--vs-advlib: interleaved repeats")
     args = parser.parse_args()
+    if args.vs_advlib:
+        torch.set_num_threads(args.threads)
+        torch.manual_seed(0)
+        main_advlib(args)
+        return
     if args.norms:
         torch.set_num_threads(args.threads)
         torch.manual_seed(0)
