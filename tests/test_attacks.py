@@ -112,7 +112,16 @@ def test_robustness_linear_within_a_tenth_of_a_percent(dtype: torch.dtype) -> No
     res = robustness(model, x, quiet=True)
     rel = res.distance.double() / rho.double() - 1
     assert float(rel.abs().max()) < 1e-3
-    assert set(res.per_attack) == {"deepfool", "ddn", "fmn", "alma", "ddn_short", "fmn_short", "alma_short"}
+    assert set(res.per_attack) == {
+        "deepfool",
+        "ddn",
+        "fmn",
+        "alma",
+        "fab",
+        "ddn_short",
+        "fmn_short",
+        "alma_short",
+    }
     stacked = torch.stack([r.distance for r in res.per_attack.values()])
     torch.testing.assert_close(res.distance, stacked.amin(0))
     assert all(name in res.per_attack for name in res.best_attack)
