@@ -126,20 +126,39 @@ def test_zoo_resumes_and_reevaluates_only_a_changed_model(
     assert len(calls) == 1  # only the missing chunk of "ckpt"
     assert (out / "eval" / "mine.csv").read_bytes() == mine
     assert (out / "eval" / "ckpt.csv").read_bytes() == mine
-    # new weights in the same file: the config is unchanged, the model is not
+
+    def scale_weights(factor: float) -> None:
+        """New weights in the same file: the config is unchanged, the model is not."""
+        net = salign.models.load_spec(f"{forms['user']}:make_model", weights=forms["state"])
+        with torch.no_grad():
+            for p in net.parameters():
+                p.mul_(factor)
+        torch.save(net.state_dict(), forms["state"])
+
+    scale_weights(2.0)
     calls.clear()
-    net = salign.models.load_spec(f"{forms['user']}:make_model", weights=forms["state"])
-    with torch.no_grad():
-        for p in net.parameters():
-            p.mul_(2.0)
-    torch.save(net.state_dict(), forms["state"])
     run(cfg, out=out, quiet=True)
     assert len(calls) == 2  # both chunks of "mine", nothing of "ckpt"
-    assert (out / "eval" / "mine.csv").read_bytes() != mine
-    assert (out / "eval" / "ckpt.csv").read_bytes() == mine
+    doubled = (out / "eval" / "mine.csv").read_bytes()
+    assert doubled != mine and (out / "eval" / "ckpt.csv").read_bytes() == mine
     calls.clear()
     run(cfg, out=out, quiet=True)
     assert calls == []
+    # changed back while its evaluation was half done: the saved chunk is of the old weights
+    scale_weights(0.5)
+    calls.clear()
+    monkeypatch.setattr(pipeline_mod, "evaluate_chunk", dying_chunk)
+    calls.extend([1, 1])  # the next call is the 4th: "mine" keeps 1 chunk, then the kill
+    with pytest.raises(_Killed):
+        run(cfg, out=out, quiet=True)
+    assert len(list((out / "eval" / ".parts" / "mine").glob("*.csv"))) == 1
+    scale_weights(2.0)
+    calls.clear()
+    monkeypatch.setattr(
+        pipeline_mod, "evaluate_chunk", lambda *a, **k: (calls.append(1), real_chunk(*a, **k))[1]
+    )
+    run(cfg, out=out, quiet=True)
+    assert len(calls) == 2 and (out / "eval" / "mine.csv").read_bytes() == doubled
 
 
 def test_mixed_study_sweep_and_listed_model_in_one_report(forms: dict[str, Any], tmp_path: Path) -> None:

@@ -252,23 +252,29 @@ def _evaluated(run_dir: Path, tag: str) -> bool:
 
 def check_listed_arms(cfg: ExperimentConfig, run_dir: Path, *, shard: Shard) -> list[Arm]:
     """Before anything is trained: load every listed arm still to evaluate once (on the CPU) so a
-    bad spec fails now with its tag, and record its source. A finished arm whose files changed
-    since its evaluation loses that evaluation (it is redone). Returns the arms to evaluate."""
+    bad spec fails now with its tag, and record its source. A listed arm whose files changed since
+    its source was recorded loses its evaluation, finished or partial (it is redone). Returns the
+    arms to evaluate."""
     todo = []
     for arm in cfg.arms():
+        done = _evaluated(run_dir, arm.tag)
         record = source_record(arm) if arm.listed else None
         source = run_dir / MODELS_DIR / arm.tag / SOURCE_FILE
-        if _evaluated(run_dir, arm.tag):
-            if (
-                record is None
-                or not source.is_file()
-                or json.loads(source.read_text(encoding="utf-8")) == record
-            ):
-                continue
-            barrier(shard)  # every rank has seen the old files before rank 0 removes them
-            if shard.is_main:
-                for path in (run_dir / EVAL_DIR).glob(f"{arm.tag}.*"):
-                    path.unlink()
+        if record is not None and source.is_file():
+            try:
+                changed = json.loads(source.read_text(encoding="utf-8")) != record
+            except ValueError:  # damaged: the evaluation cannot be trusted to be of these files
+                changed = True
+            if changed:
+                barrier(shard)  # every rank has compared before rank 0 removes anything
+                if shard.is_main:
+                    for name in (f"{arm.tag}.json", f"{arm.tag}.csv", f"{arm.tag}{GALLERY_SUFFIX}"):
+                        with contextlib.suppress(FileNotFoundError):
+                            (run_dir / EVAL_DIR / name).unlink()
+                    shutil.rmtree(_parts_dir(run_dir, arm.tag), ignore_errors=True)
+                done = False
+        if done:
+            continue
         todo.append(arm)
         if record is not None:
             load_arm(arm, device=torch.device("cpu"), seed=cfg.seed)
