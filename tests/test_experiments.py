@@ -358,7 +358,7 @@ def test_cli_run_reports_config_errors(tmp_path: Path, capsys: pytest.CaptureFix
 
 
 @pytest.mark.parametrize(
-    "name", ["demo", "mnist-paper", "fashion-mnist", "imagenet-photos", "imagenet-paper"]
+    "name", ["demo", "mnist-paper", "fashion-mnist", "imagenet-photos", "imagenet-paper", "zoo-example"]
 )
 def test_shipped_configs_validate(name: str) -> None:
     path = REPO / "configs" / f"{name}.yaml"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import json
 import sys
-import textwrap
 import types
 import zipfile
 from pathlib import Path
@@ -23,63 +22,15 @@ from torch import nn
 
 import salign
 from _hardening_helpers import malicious_pickle
+from _spec_helpers import make_forms
 from salign.cli import main
 from salign.errors import CheckpointError, ConfigError, InputError, MissingDependencyError, MissingFileError
-
-#: A user's model file, written without salign: the layout of salign's relu_cnn(channels=[4]),
-#: so a salign checkpoint of the same weights exists.
-USER_FILE = """
-import torch
-from torch import nn
-
-
-class Net(nn.Module):
-    def __init__(self, width: int = 4) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(width * 14 * 14, 10),
-        )
-
-    def forward(self, x):
-        return self.net(x)
-
-
-def make_model(width: int = 4) -> nn.Module:
-    return Net(width)
-
-
-NOT_A_MODEL = 3
-
-
-def make_list():
-    return [1, 2]
-"""
 
 
 @pytest.fixture
 def forms(tmp_path: Path) -> dict[str, Any]:
     """The same weights in the three forms, plus a data file of 8 labelled images."""
-    user = tmp_path / "mynet.py"
-    user.write_text(textwrap.dedent(USER_FILE))
-    net = salign.models.load_spec(f"{user}:make_model")
-    torch.manual_seed(1)
-    for p in net.parameters():
-        nn.init.normal_(p, std=0.1)
-    state = tmp_path / "weights.pt"
-    torch.save(net.state_dict(), state)
-    x = torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(2))
-    y = torch.arange(8) % 10
-    data = tmp_path / "data.npz"
-    np.savez(data, x=x.numpy(), y=y.numpy())
-    exported = tmp_path / "model.pt2"
-    batch = torch.export.Dim("batch")
-    torch.export.save(torch.export.export(net.eval(), (x[:2],), dynamic_shapes=({0: batch},)), exported)
-    ckpt = tmp_path / "model.safetensors"
-    reference = salign.models.build("relu_cnn", channels=[4])
-    reference.load_state_dict(net.state_dict())
-    salign.models.save(reference, ckpt)
-    return {"user": user, "state": state, "pt2": exported, "ckpt": ckpt, "data": data, "x": x, "net": net}
+    return make_forms(tmp_path)
 
 
 def _specs(f: dict[str, Any]) -> dict[str, list[str]]:
@@ -117,8 +68,10 @@ def test_three_forms_give_identical_analyze_csvs(forms: dict[str, Any], tmp_path
     np.testing.assert_allclose([float(r["alignment"]) for r in rows], direct.alignment.numpy(), rtol=1e-6)
 
 
-def test_attack_accepts_all_three(forms: dict[str, Any], tmp_path: Path, capsys: Any) -> None:
-    distances = {}
+def test_attack_gives_identical_csvs_for_all_three(
+    forms: dict[str, Any], tmp_path: Path, capsys: Any
+) -> None:
+    tables = {}
     for name, spec in _specs(forms).items():
         out = tmp_path / f"{name}.csv"
         argv = [
@@ -135,11 +88,12 @@ def test_attack_accepts_all_three(forms: dict[str, Any], tmp_path: Path, capsys:
         ]
         code, err = _run([*argv, "--budget", "fast", "--out", str(out), "--quiet"], capsys)
         assert code == 0, err
-        with open(out, newline="") as fh:
-            distances[name] = [float(r["distance"]) for r in csv.DictReader(fh)]
-    assert all(0 < d < 10 for d in distances["checkpoint"])
-    np.testing.assert_allclose(distances["file+weights"], distances["checkpoint"], rtol=1e-5)
-    np.testing.assert_allclose(distances["pt2"], distances["checkpoint"], rtol=1e-5)
+        tables[name] = out.read_text()
+    rows = list(csv.DictReader(tables["checkpoint"].splitlines()))
+    assert len(rows) == 4 and all(0 < float(r["distance"]) < 10 and r["success"] == "True" for r in rows)
+    # the same weights attacked with the same seeds: the same table, byte for byte
+    assert tables["file+weights"] == tables["checkpoint"]
+    assert tables["pt2"] == tables["checkpoint"]
 
 
 def test_malicious_pickle_as_weights_is_refused_and_never_runs(
@@ -352,17 +306,17 @@ def test_pt2_with_compiled_code_or_a_torchscript_file_is_refused(
 
 def test_study_config_takes_a_spec_and_weights(forms: dict[str, Any]) -> None:
     from salign.experiments import config_from_dict
-    from salign.experiments.pipeline import _load_model
+    from salign.experiments.pipeline import load_arm
 
     base = {"name": "mine", "dataset": {"name": str(forms["data"])}}
     cfg = config_from_dict(
         {**base, "model": {"name": f"{forms['user']}:make_model", "weights": str(forms["state"])}}
     )
-    model = _load_model(cfg, None, torch.device("cpu"))
+    model = load_arm(cfg.arms()[0], device=torch.device("cpu"))
     torch.testing.assert_close(model(forms["x"]), forms["net"](forms["x"]), rtol=0, atol=0)
     cfg = config_from_dict({**base, "model": {"checkpoint": str(forms["pt2"])}})
     torch.testing.assert_close(
-        _load_model(cfg, None, torch.device("cpu"))(forms["x"]), forms["net"](forms["x"])
+        load_arm(cfg.arms()[0], device=torch.device("cpu"))(forms["x"]), forms["net"](forms["x"])
     )
     # with training, weights are where every λ's fine-tuning starts; a checkpoint is refused
     study = {"training": {"epochs": 1}, "sweep": {"lambdas": [0]}}

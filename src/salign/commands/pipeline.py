@@ -44,8 +44,10 @@ def register(app: typer.Typer) -> None:
         force: bool = typer.Option(False, "--force", help="Redo everything instead of resuming."),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
     ) -> None:
-        """Train the λ sweep, evaluate every model, write figures, summary.csv and report.html.
+        """Run a study: train its λ sweep, evaluate every model, write figures and report.html.
 
+        The models are the sweep's and those listed under `models` in the config (a model zoo:
+        any --model spec, each with a tag), all evaluated on the same seeded images.
         Resumes where a previous invocation stopped (finished models and evaluations are kept).
         Under torchrun, training and evaluation are spread over the ranks.
         """

@@ -21,8 +21,20 @@ Other norms (``evaluation.norms``; docs/theory.md, "Other norms")::
       names: {2: [deepfool, ddn, fmn], inf: [deepfool, fmn]}   # or one list for every norm
 
 A study without ``training`` evaluates one model as built (e.g. the pretrained
-``efficientnet_lite0``) or the checkpoint named by ``model.checkpoint``: no λ sweep. Unknown keys
-anywhere are errors that name the key; every field has a documented default.
+``efficientnet_lite0``) or the checkpoint named by ``model.checkpoint``: no λ sweep.
+
+A model zoo (``models``, instead of or beside the sweep): each entry is one *arm* of the study,
+any :func:`salign.models.load_spec` spec with a ``tag`` that names its run files and its row of
+summary.csv; every arm is evaluated on the same seeded images (``configs/zoo-example.yaml``)::
+
+    models:
+      - {tag: mine, spec: nets/mynet.py:make_model, weights: mynet.pt, kwargs: {width: 4}}
+      - {tag: exported, spec: mynet.pt2}
+      - {tag: salign-ckpt, spec: runs/demo/models/1/checkpoint.safetensors}
+
+:meth:`ExperimentConfig.arms` is the one list the pipeline walks: the sweep's arms (tag = λ,
+trained) then the listed ones (nothing to train). Unknown keys anywhere are errors that name the
+key (and, inside ``models``, the entry's tag); every field has a documented default.
 """
 
 from __future__ import annotations
@@ -30,6 +42,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -51,6 +64,9 @@ from salign.training.config import TrainConfig
 #: Sections of a run's resolved config.yaml that record the environment, ignored on loading.
 RECORD_KEYS = ("versions", "resolved")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+#: Names a listed model's tag cannot take: other files of ``eval/`` and the pooled summary row.
+RESERVED_TAGS = ("sanity", "pooled")
+MAX_TAG_LENGTH = 64
 
 
 def _norm(value: object, where: str) -> float:
@@ -100,6 +116,76 @@ class ModelSpec(_Strict):
     kwargs: dict[str, Any] = Field(default_factory=dict)
     checkpoint: str | None = None
     weights: str | None = None
+
+
+class ArmConfig(_Strict):
+    """One entry of the study's ``models`` list: an arm with nothing to train, the model named by
+    ``spec`` (anything :func:`salign.models.load_spec` accepts: a salign checkpoint, a ``.pt2``
+    export, ``file.py:factory`` or ``package.module:factory``, ``torchvision/<arch>``,
+    ``timm/<arch>``, a registry name), with its ``weights`` file and factory ``kwargs``.
+
+    ``tag`` names the arm's files (``models/<tag>/``, ``eval/<tag>.csv``) and its row of
+    summary.csv: letters, digits, ``.``, ``_``, ``-``; not a number (numbers name the λ sweep's
+    models), not ``sanity`` or ``pooled``. Relative paths are relative to the working directory,
+    as everywhere in a config. A ``file.py:factory`` spec imports and runs that file.
+    """
+
+    tag: str
+    spec: str = Field(min_length=1)
+    weights: str | None = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("tag")
+    @classmethod
+    def _valid_tag(cls, v: str) -> str:
+        if not _NAME.match(v) or len(v) > MAX_TAG_LENGTH:
+            raise ValueError(
+                f"tag {v!r} must be 1–{MAX_TAG_LENGTH} letters, digits, '.', '_' or '-', starting with "
+                "a letter or digit (it names the model's files)"
+            )
+        if _is_number(v):
+            raise ValueError(f"tag {v!r} is a number, which names a model of the λ sweep; use a word")
+        if v.lower() in RESERVED_TAGS:
+            raise ValueError(f"tag {v!r} is reserved ({', '.join(RESERVED_TAGS)}); choose another")
+        return v
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One model of a study, as the pipeline sees it (built by :meth:`ExperimentConfig.arms`).
+
+    ``tag`` names its files and summary row; ``lam`` is its λ when it belongs to the sweep (the
+    figures against λ use only those). Its model is trained by the study (``train``: the
+    trainer's config) or loaded as given (``spec``, ``weights``, ``kwargs``: the arguments of
+    :func:`salign.models.load_spec`); ``listed`` marks an entry of ``models``.
+    """
+
+    tag: str
+    lam: float | None = None
+    train: TrainConfig | None = None
+    spec: str | None = None
+    weights: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    listed: bool = False
+
+    def describe(self) -> dict[str, Any]:
+        """What this arm is, for the evaluation's metadata (JSON-safe)."""
+        if self.train is not None:
+            return {"kind": "sweep", "lambda": self.lam}
+        return {
+            "kind": "listed" if self.listed else "given",
+            "spec": self.spec,
+            "weights": self.weights,
+            "kwargs": self.kwargs,
+        }
 
 
 class SweepConfig(_Strict):
@@ -267,6 +353,7 @@ class ExperimentConfig(_Strict):
     model: ModelSpec = Field(default_factory=ModelSpec)
     training: TrainConfig | None = None
     sweep: SweepConfig | None = None
+    models: list[ArmConfig] = Field(default_factory=list)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     attacks: AttackConfig = Field(default_factory=AttackConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
@@ -289,6 +376,12 @@ class ExperimentConfig(_Strict):
             )
         if self.training is None and self.sweep is not None:
             raise ValueError("'sweep' needs a 'training' section (or remove 'sweep' to evaluate one model)")
+        if self.models and self.training is None and "model" in self.model_fields_set:
+            raise ValueError(
+                "'model' is the λ sweep's architecture, and this study has no sweep; "
+                "put the model into the 'models' list with a tag"
+            )
+        self._check_tags()
         if self.training is not None:
             if self.model.checkpoint is not None:
                 raise ValueError(
@@ -305,14 +398,51 @@ class ExperimentConfig(_Strict):
                 raise ValueError("set λ in 'sweep.lambdas', not in 'training.regularizer.lambda'")
         return self
 
+    def _check_tags(self) -> None:
+        """Every arm's tag names its own files: unique, also ignoring case (macOS and Windows
+        file systems do), and no listed tag equal to a λ tag."""
+        from salign.report.rundata import lambda_tag
+
+        seen: dict[str, str] = {}
+        sweep = [lambda_tag(lam) for lam in self.sweep.lambdas] if self.sweep is not None else []
+        for tag in sweep + [m.tag for m in self.models]:
+            if tag.lower() in seen:
+                same = "" if seen[tag.lower()] == tag else f" (as {seen[tag.lower()]!r}, ignoring case)"
+                raise ValueError(f"models: tag {tag!r} is used twice{same}; every model needs its own tag")
+            seen[tag.lower()] = tag
+
+    def arms(self) -> list[Arm]:
+        """Every model of the study, in report order: the λ sweep's (tag = λ, trained; increasing
+        λ), then the ``models`` list's (as listed). A study with neither evaluates its one
+        ``model`` (tag ``pretrained``)."""
+        from salign.report.rundata import lambda_tag
+
+        arms = [Arm(lambda_tag(lam), lam, train=self.train_config(lam)) for lam in self.sweep_lambdas()]
+        arms += [
+            Arm(m.tag, spec=m.spec, weights=m.weights, kwargs=dict(m.kwargs), listed=True)
+            for m in self.models
+        ]
+        if not arms:
+            m = self.model
+            spec = m.checkpoint if m.checkpoint is not None else m.name
+            kwargs = {} if m.checkpoint is not None else dict(m.kwargs)
+            arms.append(Arm(lambda_tag(None), spec=spec, weights=m.weights, kwargs=kwargs))
+        return arms
+
+    def sweep_lambdas(self) -> list[float]:
+        """The sweep's λ values in increasing order (empty without a sweep)."""
+        return list(self.sweep.lambdas) if self.sweep is not None else []
+
     @property
     def trains(self) -> bool:
-        """True when the study trains a λ sweep (False: evaluate one given model)."""
+        """True when the study trains a λ sweep (False: it only evaluates given models)."""
         return self.training is not None
 
     def lambdas(self) -> list[float | None]:
-        """The sweep's λ values in increasing order (``[None]`` for a study without training)."""
-        return list(self.sweep.lambdas) if self.sweep is not None else [None]
+        """The sweep's λ values in increasing order (``[None]`` for a study of one given model)."""
+        if self.sweep is not None:
+            return list(self.sweep.lambdas)
+        return [] if self.models else [None]
 
     def train_config(self, lam: float) -> TrainConfig:
         """The trainer's config for the model with penalty weight ``lam``.
@@ -355,10 +485,23 @@ class ExperimentConfig(_Strict):
         return data
 
 
-def _format_errors(exc: ValidationError, source: str) -> str:
+def _where(loc: tuple[Any, ...], data: Any) -> str:
+    """The dotted key of an error; an entry of ``models`` is named by its tag (``models[mine].weights``),
+    or by its position when it has none (``models[#2].tag``)."""
+    parts = [str(p) for p in loc]
+    if len(loc) >= 2 and loc[0] == "models" and isinstance(loc[1], int) and isinstance(data, dict):
+        entries = data.get("models")
+        entry = entries[loc[1]] if isinstance(entries, list) and loc[1] < len(entries) else None
+        tag = entry.get("tag") if isinstance(entry, dict) else None
+        name = tag if isinstance(tag, str) and tag else f"#{loc[1] + 1}"
+        parts[:2] = [f"models[{name}]"]
+    return ".".join(parts) or "(root)"
+
+
+def _format_errors(exc: ValidationError, source: str, data: Any = None) -> str:
     parts = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        loc = _where(tuple(err["loc"]), data)
         if err["type"] == "extra_forbidden":
             parts.append(f"unknown key {loc!r}")
         elif err["type"] == "missing":
@@ -378,7 +521,7 @@ def config_from_dict(data: Any, *, source: str = "") -> ExperimentConfig:
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc, source)) from None
+        raise ConfigError(_format_errors(exc, source, data)) from None
     except ConfigError as exc:
         raise ConfigError(f"invalid experiment config{source}: {exc}") from None
 

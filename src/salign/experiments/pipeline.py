@@ -1,9 +1,12 @@
-"""The study pipeline: train a λ sweep → evaluate every model → statistics → figures → report.
+"""The study pipeline: train the arms that train → evaluate every arm → statistics → figures → report.
 
-``run(config)`` writes the run directory of docs/architecture.md and is resumable at every
-stage: a finished model (``models/<tag>/checkpoint.safetensors``) is not retrained (an unfinished
-one resumes from its last epoch state), a finished evaluation (``eval/<tag>.csv`` + ``.json``)
-is not redone (an unfinished one resumes at its first missing chunk), and the report is always
+A study is a list of *arms* (:meth:`ExperimentConfig.arms`): the λ sweep's models, trained here,
+and the ``models`` list's, loaded as given (``models/<tag>/source.json`` records the spec and the
+SHA-256 of its files). ``run(config)`` writes the run directory of docs/architecture.md and is
+resumable at every stage: a finished model (``models/<tag>/checkpoint.safetensors``) is not
+retrained (an unfinished one resumes from its last epoch state), a finished evaluation
+(``eval/<tag>.csv`` + ``.json``) is not redone (an unfinished one resumes at its first missing
+chunk; a listed model whose files changed since is evaluated again), and the report is always
 re-rendered from the saved tables. Every file is written atomically, so a run killed at any
 moment leaves only complete files (and stray ``.*.tmp`` files, which are ignored and cleaned).
 
@@ -14,6 +17,7 @@ slice of the evaluation subset, and rank 0 gathers the tables and writes the rep
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -31,8 +35,15 @@ from salign._faults import fault_point
 from salign._io import atomic_open, write_json_atomic, write_text_atomic
 from salign._norms import NORMS
 from salign._progress import progress
-from salign.errors import ConfigError, TrainingError
-from salign.experiments.config import RECORD_KEYS, ExperimentConfig, config_from_dict, load_config, norm_text
+from salign.errors import ConfigError, SalignError, TrainingError
+from salign.experiments.config import (
+    RECORD_KEYS,
+    Arm,
+    ExperimentConfig,
+    config_from_dict,
+    load_config,
+    norm_text,
+)
 from salign.experiments.evaluate import (
     clean_accuracy,
     evaluate_chunk,
@@ -55,7 +66,6 @@ from salign.report.rundata import (
     SUMMARY_MD_FILE,
     TIMINGS_FILE,
     VIEWS_SUFFIX,
-    lambda_tag,
     summary_file,
 )
 
@@ -63,6 +73,8 @@ log = logging.getLogger(__name__)
 PARTS_DIR = ".parts"
 #: The evaluated images of an ImageFolder study, as a ``path label`` file list.
 SUBSET_FILE = "subset.txt"
+#: ``models/<tag>/source.json``: where a listed model came from (spec, files and their SHA-256).
+SOURCE_FILE = "source.json"
 
 
 def versions() -> dict[str, str]:
@@ -178,43 +190,106 @@ class Timings:
 def train_stage(
     cfg: ExperimentConfig, run_dir: Path, timings: Timings, *, quiet: bool | None
 ) -> dict[str, Path]:
-    """Train (or resume, or skip) every model of the sweep; returns tag → checkpoint path."""
+    """Train (or resume, or skip) every arm that trains; returns tag → checkpoint path."""
     from salign.training import MODEL_FILE, train
     from salign.training.trainer import load_data
 
     paths: dict[str, Path] = {}
     data = None
-    for lam in cfg.lambdas():
-        assert lam is not None
-        tag = lambda_tag(lam)
-        model_dir = run_dir / MODELS_DIR / tag
+    for arm in cfg.arms():
+        if arm.train is None:
+            continue
+        model_dir = run_dir / MODELS_DIR / arm.tag
         final = model_dir / MODEL_FILE
         if final.is_file() and (model_dir / "done.json").is_file():
-            paths[tag] = final
+            paths[arm.tag] = final
             continue
-        tcfg = cfg.train_config(lam)
-        if data is None and tcfg.data.stream is None:  # streamed data is read by each run
-            data = load_data(tcfg)
+        if data is None and arm.train.data.stream is None:  # streamed data is read by each run
+            data = load_data(arm.train)
         t0 = time.perf_counter()
-        paths[tag] = train(tcfg, run_dir=model_dir, resume=True, data=data, quiet=quiet)
+        paths[arm.tag] = train(arm.train, run_dir=model_dir, resume=True, data=data, quiet=quiet)
         seconds = time.perf_counter() - t0
-        timings.add("train", seconds, tag)
+        timings.add("train", seconds, arm.tag)
         if current_shard().is_main:
-            write_json_atomic(model_dir / "done.json", {"lambda": lam, "seconds_this_invocation": seconds})
+            write_json_atomic(
+                model_dir / "done.json", {"lambda": arm.lam, "seconds_this_invocation": seconds}
+            )
     return paths
 
 
-def _load_model(cfg: ExperimentConfig, checkpoint: Path | None, device: torch.device) -> torch.nn.Module:
+def load_arm(
+    arm: Arm, *, checkpoint: Path | None = None, device: torch.device, seed: int = 0
+) -> torch.nn.Module:
+    """The model of one arm on ``device``: its trained ``checkpoint``, else what its spec names
+    (:func:`salign.models.load_spec`, after seeding torch with ``seed`` so a model built without
+    weights is reproducible). A listed model's errors are prefixed with its tag (``models[mine]:``)."""
     import salign
 
     if checkpoint is not None:
         return salign.models.load(checkpoint, map_location=device)
-    if cfg.model.checkpoint is not None:
-        return salign.models.load_spec(cfg.model.checkpoint, map_location=device)
-    torch.manual_seed(cfg.seed)
-    return salign.models.load_spec(
-        cfg.model.name, weights=cfg.model.weights, map_location=device, **cfg.model.kwargs
-    )
+    if arm.spec is None:
+        raise ConfigError(f"model {arm.tag!r} has not been trained yet")
+    torch.manual_seed(seed)
+    try:
+        return salign.models.load_spec(arm.spec, weights=arm.weights, map_location=device, **arm.kwargs)
+    except SalignError as exc:
+        if not arm.listed:
+            raise
+        raise type(exc)(f"models[{arm.tag}]: {exc}") from exc
+
+
+def source_record(arm: Arm) -> dict[str, Any]:
+    """What ``models/<tag>/source.json`` holds for a listed arm: its spec, weights, kwargs and the
+    SHA-256 of every file they name (the spec's file, the weights), so a changed file is seen."""
+    target, _, factory = (arm.spec or "").rpartition(":")
+    spec_file = target if target.endswith(".py") and factory else arm.spec
+    digests = {}
+    for name in (spec_file, arm.weights):
+        if name is not None and Path(name).is_file():
+            digest = hashlib.sha256()
+            with open(name, "rb") as fh:
+                while block := fh.read(1 << 20):
+                    digest.update(block)
+            digests[name] = digest.hexdigest()
+    return json.loads(json.dumps({**arm.describe(), "sha256": digests}))  # as read back from the file
+
+
+def _evaluated(run_dir: Path, tag: str) -> bool:
+    return (run_dir / EVAL_DIR / f"{tag}.csv").is_file() and (run_dir / EVAL_DIR / f"{tag}.json").is_file()
+
+
+def check_listed_arms(cfg: ExperimentConfig, run_dir: Path, *, shard: Shard) -> list[Arm]:
+    """Before anything is trained: load every listed arm still to evaluate once (on the CPU) so a
+    bad spec fails now with its tag, and record its source. A listed arm whose files changed since
+    its source was recorded loses its evaluation, finished or partial (it is redone). Returns the
+    arms to evaluate."""
+    todo = []
+    for arm in cfg.arms():
+        done = _evaluated(run_dir, arm.tag)
+        record = source_record(arm) if arm.listed else None
+        source = run_dir / MODELS_DIR / arm.tag / SOURCE_FILE
+        if record is not None and source.is_file():
+            try:
+                changed = json.loads(source.read_text(encoding="utf-8")) != record
+            except ValueError:  # damaged: the evaluation cannot be trusted to be of these files
+                changed = True
+            if changed:
+                barrier(shard)  # every rank has compared before rank 0 removes anything
+                if shard.is_main:
+                    for name in (f"{arm.tag}.json", f"{arm.tag}.csv", f"{arm.tag}{GALLERY_SUFFIX}"):
+                        with contextlib.suppress(FileNotFoundError):
+                            (run_dir / EVAL_DIR / name).unlink()
+                    shutil.rmtree(_parts_dir(run_dir, arm.tag), ignore_errors=True)
+                done = False
+        if done:
+            continue
+        todo.append(arm)
+        if record is not None:
+            load_arm(arm, device=torch.device("cpu"), seed=cfg.seed)
+            if shard.is_main:
+                write_json_atomic(source, record)
+    barrier(shard)
+    return todo
 
 
 def _parts_dir(run_dir: Path, tag: str) -> Path:
@@ -232,10 +307,12 @@ def evaluate_stage_model(
     *,
     shard: Shard,
     quiet: bool | None,
+    arm: dict[str, Any] | None = None,
 ) -> None:
     """Evaluate one model on this rank's slice in saved chunks; rank 0 gathers and writes
     ``eval/<tag>.csv``, the gallery, the sample views of the first ``report.interactive_samples``
-    samples and ``eval/<tag>.json`` (the completion marker, last).
+    samples and ``eval/<tag>.json`` (the completion marker, last; ``arm``: what the model is,
+    :meth:`Arm.describe`, recorded there).
 
     A chunk's views (``<chunk>.views.npz``) are written before its table, so a chunk whose table
     exists has its views: a resumed evaluation reads both and recomputes neither."""
@@ -324,6 +401,7 @@ def evaluate_stage_model(
     meta: dict[str, Any] = {
         "tag": tag,
         "lambda": lam,
+        **({"arm": arm} if arm is not None else {}),
         "n": len(table),
         "attacks": cfg.attacks.model_dump(mode="json")["names"],
         "norms": [norm_text(p) for p in ev.norms],
@@ -459,25 +537,27 @@ def run(
         started = time.perf_counter()
         prepare_run_dir(cfg, run_dir, force=force, device=device, shard=shard)
         timings = Timings(run_dir, enabled=shard.is_main)
-        checkpoints: dict[str, Path | None] = {}
-        if cfg.trains:
-            checkpoints.update(train_stage(cfg, run_dir, timings, quiet=quiet))
-        else:
-            checkpoints[lambda_tag(None)] = None
+        todo = check_listed_arms(cfg, run_dir, shard=shard)
+        checkpoints = train_stage(cfg, run_dir, timings, quiet=quiet) if cfg.trains else {}
         data, subset_list = _evaluation_data(cfg)
         x_eval, y_eval = data[0], data[1]
         if subset_list is not None and shard.is_main:
             (run_dir / EVAL_DIR).mkdir(parents=True, exist_ok=True)
             write_text_atomic(run_dir / EVAL_DIR / SUBSET_FILE, subset_list)
-        for lam in cfg.lambdas():
-            tag = lambda_tag(lam)
-            done = (run_dir / EVAL_DIR / f"{tag}.csv").is_file() and (
-                run_dir / EVAL_DIR / f"{tag}.json"
-            ).is_file()
-            if done:
-                continue
-            model = _load_model(cfg, checkpoints[tag], device)
-            evaluate_stage_model(cfg, run_dir, tag, lam, model, data, timings, shard=shard, quiet=quiet)
+        for arm in todo:  # every arm on the same seeded images
+            model = load_arm(arm, checkpoint=checkpoints.get(arm.tag), device=device, seed=cfg.seed)
+            evaluate_stage_model(
+                cfg,
+                run_dir,
+                arm.tag,
+                arm.lam,
+                model,
+                data,
+                timings,
+                shard=shard,
+                quiet=quiet,
+                arm=arm.describe(),
+            )
             barrier(shard)
         report = None
         if shard.is_main:

@@ -30,12 +30,21 @@ NORM_FIGURES = ("p2_alpha_vs_rho", "p3_medians_vs_lambda", "p5_linearization")
 _IDENTITY_STYLE: dict[str, Any] = {"color": "0.35", "ls": "--", "lw": 1.0, "zorder": 1}
 
 
+#: Colours of the models without λ (listed models) beside a λ sweep: distinct from viridis.
+LISTED_COLORS = ("tab:red", "tab:orange", "tab:brown", "tab:pink", "tab:gray", "tab:purple", "tab:cyan")
+
+
 def model_colors(models: list[ModelResult]) -> dict[str, Any]:
-    """One colour per model: viridis from low to high λ (a pretrained model gets dark blue)."""
+    """One colour per model: viridis from low to high λ for the sweep; the models without λ (a
+    zoo's listed models) get :data:`LISTED_COLORS`, so they never read as points of the sweep.
+    A study of one model keeps viridis' dark blue."""
     plt = require_pyplot()
     cmap = plt.get_cmap("viridis")
-    n = len(models)
-    return {m.tag: cmap(0.1 + 0.8 * (i / max(n - 1, 1))) for i, m in enumerate(models)}
+    sweep = [m for m in models if not math.isnan(m.lam)] or list(models[:1] if len(models) == 1 else [])
+    colors = {m.tag: cmap(0.1 + 0.8 * (i / max(len(sweep) - 1, 1))) for i, m in enumerate(sweep)}
+    others = [m for m in models if m.tag not in colors]
+    colors.update({m.tag: LISTED_COLORS[i % len(LISTED_COLORS)] for i, m in enumerate(others)})
+    return colors
 
 
 def _norm_title(run: RunData) -> str:

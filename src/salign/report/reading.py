@@ -41,11 +41,12 @@ def _monotone(values: list[float]) -> str:
     return f"not monotone ({ups} of {len(diffs)} steps up)"
 
 
-def _model_label(tag: object) -> str:
-    try:
-        return f"λ={float(str(tag)):g}"
-    except ValueError:
-        return str(tag)
+def _model_label(row: Any) -> str:
+    """``λ=10`` for a model of the sweep, its tag for any other (a T1 row)."""
+    lam = row.get("lambda")
+    if lam is None or (isinstance(lam, float) and math.isnan(lam)):
+        return str(row["model"])
+    return f"λ={float(lam):g}"
 
 
 def is_increasing(values: list[float]) -> bool:
@@ -145,7 +146,7 @@ def _reading(summary: Any, *, level: float, accuracy: bool) -> list[str]:
         hom = rows["homogeneous_median"].to_numpy(dtype=float) if "homogeneous_median" in rows else None
         text = (
             f"The effective-bias slack |β_j*|/‖g‖ has a median of {', '.join(f'{v:.2f}' for v in rel)} × the median ρ̃ "
-            f"({', '.join(_model_label(m) for m in rows['model'])})"
+            f"({', '.join(_model_label(r) for _, r in rows.iterrows())})"
         )
         if hom is not None:
             text += f"; the median homogeneous fraction ⟨x,g⟩/(Ψ^i* − Ψ^j*) is {', '.join(f'{v:.2f}' for v in hom)}"
@@ -161,17 +162,19 @@ def _reading(summary: Any, *, level: float, accuracy: bool) -> list[str]:
 
 
 def trend_checks(summary: Any) -> dict[str, bool]:
-    """The demo's acceptance checks: medians of α and ρ increase with λ; pooled CI excludes 0."""
-    rows = summary[(summary["model"] != POOLED) & summary["lambda"].notna()].sort_values("lambda")
+    """The demo's acceptance checks: medians of α and ρ increase with λ (only for a study with a
+    λ sweep of two or more models); pooled CI excludes 0; T4 holds."""
+    everyone = summary[summary["model"] != POOLED]
+    rows = everyone[everyone["lambda"].notna()].sort_values("lambda")
     pooled = summary[summary["model"] == POOLED]
-    checks = {
-        "median_alpha_increasing": is_increasing(list(rows["alpha_median"])),
-        "median_rho_increasing": is_increasing(list(rows["rho_median"])),
-    }
+    checks: dict[str, bool] = {}
+    if len(rows) >= 2:
+        checks["median_alpha_increasing"] = is_increasing(list(rows["alpha_median"]))
+        checks["median_rho_increasing"] = is_increasing(list(rows["rho_median"]))
     if len(pooled):
         p = pooled.iloc[0]
         checks["pooled_spearman_ci_above_0"] = bool(p["spearman_alpha_rho_low"] > 0)
     if "t4_holds" in summary:
-        sub = pooled if len(pooled) else rows
+        sub = pooled if len(pooled) else everyone
         checks["t4_holds_everywhere"] = bool((sub["t4_holds"] == sub["t4_n"]).all())
     return checks

@@ -13,7 +13,10 @@ Layout (written by :mod:`salign.experiments`, read here; see docs/architecture.m
     <run>/eval/sanity.csv          the linear sanity experiment (P8), optional
     <run>/figures/*.png, <run>/summary.csv, <run>/report.html   written by the report
 
-``<tag>`` names a model: its λ formatted by :func:`lambda_tag`, or ``pretrained``.
+``<tag>`` names a model (an *arm* of the study): its λ formatted by :func:`lambda_tag` for the
+λ sweep, the tag of an entry of the config's ``models`` list (its ``.json`` has ``"lambda":
+null``), or ``pretrained``. Nothing here assumes a model has a λ: :attr:`ModelResult.lam` is NaN
+and :attr:`ModelResult.label` the tag for the others.
 """
 
 from __future__ import annotations
@@ -78,7 +81,8 @@ class ModelResult:
 
 @dataclass
 class RunData:
-    """A run directory loaded for reporting: config, timings and the models in λ order."""
+    """A run directory loaded for reporting: config, timings and the models (the λ sweep in λ
+    order, then the listed models in config order)."""
 
     run_dir: Path
     config: dict[str, Any]
@@ -169,6 +173,20 @@ def evaluated_tags(run_dir: str | os.PathLike[str]) -> list[str]:
     return tags
 
 
+def _report_order(config: dict[str, Any]) -> Any:
+    """Sort key of the models: the λ sweep by λ, then the ``models`` list in config order, then the rest by tag."""
+    entries = config.get("models")
+    listed = entries if isinstance(entries, list) else []
+    position = {entry.get("tag"): i for i, entry in enumerate(listed) if isinstance(entry, dict)}
+
+    def key(m: ModelResult) -> tuple[int, float, int, str]:
+        if not math.isnan(m.lam):
+            return (0, m.lam, 0, m.tag)
+        return (1, 0.0, position.get(m.tag, len(position)), m.tag)
+
+    return key
+
+
 def load_run(run_dir: str | os.PathLike[str]) -> RunData:
     """Load a run directory's config, timings and per-model evaluations for the report.
 
@@ -202,7 +220,7 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunData:
         models.append(ModelResult(tag, lam, add_derived(frame), meta, gallery, views))
     if not models:
         raise DataError(f"{root} has no finished evaluation (no {EVAL_DIR}/<model>.csv with its .json)")
-    models.sort(key=lambda m: (math.isnan(m.lam), m.lam if not math.isnan(m.lam) else 0.0, m.tag))
+    models.sort(key=_report_order(config))
     sanity = None
     if (root / EVAL_DIR / SANITY_FILE).is_file():
         sanity = pd.read_csv(root / EVAL_DIR / SANITY_FILE)
