@@ -9,6 +9,7 @@
 #      byte-identical `salign attack` CSVs (issue 19's first acceptance point);
 #   2. a study without the report extra stops with a one-line error naming it; with the
 #      report extra: a tiny study (`salign run`, 2 λ, 1 epoch on 1000 MNIST images).
+#      a zoo study (`salign run` with a models list) of the three forms: identical eval CSVs.
 # Fails (non-zero) on any difference. Run by .ci/run after `salign data fetch` (MNIST must be
 # in the cache, ~/.cache/salign or $SALIGN_DATA). Every pip call runs under a constraints file:
 # the build under constraints.txt, the clean venv under constraints-wheel-check.txt (torch
@@ -197,6 +198,28 @@ for f in study/report.html study/summary.csv study/eval/0.csv study/eval/1.csv; 
   [[ -s "$f" ]] || fail "the tiny study wrote no $f"
 done
 [[ "$(tail -1 study.txt)" == *report.html ]] || fail "salign run did not print the report path"
+
+step "a zoo study of the three forms (salign run with a models list): identical evaluations"
+cat >zoo.yaml <<ZOO
+name: wheel-check-zoo
+description: the same weights three ways, evaluated side by side
+seed: 0
+num_threads: 1
+dataset: {name: mnist, split: test}
+models:
+  - {tag: file, spec: "mynet.py:make_model", weights: weights.pt}
+  - {tag: pt2, spec: mynet.pt2}
+  - {tag: checkpoint, spec: "$CKPT"}
+evaluation: {n: 24, seed: 0, batch_size: 24, chunk_size: 24, gallery: 2}
+attacks: {names: [deepfool, ddn], budget: fast, steps: 30}
+report: {n_bootstrap: 100}
+ZOO
+"$V/salign" run zoo.yaml --out zoo --quiet >zoo.txt
+for form in file pt2; do
+  cmp "zoo/eval/$form.csv" "zoo/eval/checkpoint.csv" || fail "zoo study: $form and checkpoint rows differ"
+done
+grep -q "checkpoint" zoo/summary.csv || fail "zoo study: summary.csv lists no checkpoint row"
+echo "zoo study: the three eval CSVs are byte-identical; report $(tail -1 zoo.txt)"
 
 echo "wheel-check: ($((SECONDS - T)) s)"
 echo "wheel-check: OK: $(basename "$WHEEL") ($(du -k "$WHEEL" | cut -f1) KiB) in $((SECONDS - T0)) s"

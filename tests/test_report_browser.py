@@ -179,3 +179,55 @@ def test_tiny_study_report_in_a_headless_browser(tmp_path: Path, browser: Any) -
         assert time.monotonic() < deadline, browser.execute_script(hidden_js, loaded.models[0].tag)
         time.sleep(0.1)
     assert browser.execute_script(hidden_js, loaded.models[1].tag) == [True] * 3
+
+
+def test_zoo_study_report_in_a_headless_browser(tmp_path: Path, browser: Any) -> None:
+    """A model-zoo study (three forms of one user model, listed by spec, nothing trained): the
+    page loads offline, draws one point per sample and listed model, and a click on a listed
+    model's point opens that model's views."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    from _spec_helpers import make_forms
+    from salign.experiments import run
+    from salign.report import load_run
+    from salign.report.interactive import finite_count
+
+    (tmp_path / "forms").mkdir()
+    forms = make_forms(tmp_path / "forms")
+    config = {
+        "name": "zoo-browser",
+        "dataset": {"name": "mnist"},
+        "models": [
+            {"tag": "mine", "spec": f"{forms['user']}:make_model", "weights": str(forms["state"])},
+            {"tag": "exported", "spec": str(forms["pt2"])},
+            {"tag": "ckpt", "spec": str(forms["ckpt"])},
+        ],
+        "evaluation": {"n": 12, "chunk_size": 6, "gallery": 2, "accuracy_n": 200},
+        "attacks": {"names": ["deepfool", "ddn"], "budget": "fast", "steps": 10},
+        "report": {"n_bootstrap": 100, "linear_sanity": False},
+    }
+    report = run(config, out=tmp_path / "run", quiet=True)
+    loaded = load_run(tmp_path / "run")
+    assert [m.tag for m in loaded.models] == ["mine", "exported", "ckpt"]
+    errors, requests = open_report(browser, report.html)
+    assert errors == [], errors
+    assert requests == [], f"the page fetched {requests}"
+
+    counts, drawn = browser.execute_script(_POINTS_JS)
+    expected = {m.tag: finite_count(m) for m in loaded.models}
+    assert counts == expected and min(expected.values()) >= 8
+    assert len(set(expected.values())) == 1  # the same weights: the same finite samples
+    assert drawn == sum(expected.values())
+
+    element, custom = browser.execute_script(_OUTLIER_JS, "ckpt")
+    ActionChains(browser).move_to_element(element).click().perform()
+    panel = browser.find_element("id", "salign-panel")
+    deadline = time.monotonic() + 5
+    while panel.get_attribute("data-sample") in (None, ""):
+        assert time.monotonic() < deadline, "the click opened no sample"
+        time.sleep(0.1)
+    assert int(panel.get_attribute("data-sample")) == int(custom[0])
+    # the three forms overlap exactly, so the click may land on any of them; it shows a listed model
+    assert panel.get_attribute("data-tag") in expected
+    image = browser.find_element("id", "salign-view-image").get_attribute("src")
+    assert image.startswith("data:image/png;base64,")

@@ -134,7 +134,10 @@ def embedded_views(models: list[ModelResult], *, image_mb: float = IMAGE_MB) -> 
 
 
 def _rgb(color: Any) -> str:
-    r, g, b = (round(255 * float(v)) for v in color[:3])
+    """A CSS colour from any matplotlib colour (an RGB(A) tuple, "tab:blue", "#1f77b4")."""
+    from matplotlib.colors import to_rgb
+
+    r, g, b = (round(255 * v) for v in to_rgb(color))
     return f"rgb({r},{g},{b})"
 
 
