@@ -97,16 +97,20 @@ def test_fab_finds_the_linear_rho(p: float, dtype: torch.dtype) -> None:
     η-overshoot of ~0.6%, and the ensemble within 0.1%."""
     model, x, w = near_tie_linear_problem(seed=1, dtype=dtype)
     rho = exact_linear_rho(w, x, p).double()
+    # "Never below" holds up to the precision of the verifying forward: in float32 a point a few
+    # rounding errors of the (near-tie) logit difference short of the exact hyperplane already
+    # flips the float32 argmax (measured: −1.04e-4 relative on one sample).
+    below = -1e-4 if dtype == torch.float64 else -5e-4
     for attack in (FAB(norm=p), FAB(norm=p, target_classes=4, restarts=2)):
         res = attack(model, x, **REFINED)
         assert bool(res.success.all()) and res.norm == p
         rel = res.distance.double() / rho - 1
-        assert float(rel.min()) > -1e-4 and float(rel.max()) < 5e-3, (attack, rel)
+        assert float(rel.min()) > below and float(rel.max()) < 5e-3, (attack, rel)
         torch.testing.assert_close(res.distance, lp_norm(res.adv - x, p))
         assert bool((model(res.adv).argmax(1) != model(x).argmax(1)).all())
         assert bool(((res.adv >= 0) & (res.adv <= 1)).all())
     plain = fab(model, x, norm=p).distance.double() / rho - 1
-    assert float(plain.min()) > -1e-4 and float(plain.max()) < 8e-3
+    assert float(plain.min()) > below and float(plain.max()) < 8e-3
     if p != 2:
         ens = robustness(model, x, norm=p, quiet=True)
         assert "fab" in ens.per_attack
