@@ -103,11 +103,10 @@ def slow_config() -> dict:
     )
 
 
-def ddp_worker(rank: int, world: int, port: int, cfg: dict, run_dirs: list[str]) -> None:
-    """One rank of a gloo job: trains every run dir in ``run_dirs`` with ``cfg`` variants."""
+@contextlib.contextmanager
+def gloo_rank(rank: int, world: int, port: int) -> Iterator[None]:
+    """Join a gloo process group on localhost as ``rank`` of ``world`` (one thread), and leave it."""
     import torch.distributed as dist
-
-    from salign.training import train
 
     torch.set_num_threads(1)
     os.environ.update(
@@ -116,28 +115,26 @@ def ddp_worker(rank: int, world: int, port: int, cfg: dict, run_dirs: list[str])
     )  # fmt: skip
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        for run_dir, variant in zip(run_dirs, cfg["variants"], strict=True):
-            train(tiny_config(**variant), run_dir=run_dir, data=tiny_data())
+        yield
     finally:
         dist.destroy_process_group()
+
+
+def ddp_worker(rank: int, world: int, port: int, cfg: dict, run_dirs: list[str]) -> None:
+    """One rank of a gloo job: trains every run dir in ``run_dirs`` with ``cfg`` variants."""
+    from salign.training import train
+
+    with gloo_rank(rank, world, port):
+        for run_dir, variant in zip(run_dirs, cfg["variants"], strict=True):
+            train(tiny_config(**variant), run_dir=run_dir, data=tiny_data())
 
 
 def ddp_config_worker(rank: int, world: int, port: int, cfg: dict, run_dir: str) -> None:
     """One rank of a gloo job training one config dict (e.g. a streamed ImageFolder)."""
-    import torch.distributed as dist
-
     from salign.training import train
 
-    torch.set_num_threads(1)
-    os.environ.update(
-        {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "WORLD_SIZE": str(world),
-         "LOCAL_RANK": str(rank)}
-    )  # fmt: skip
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
+    with gloo_rank(rank, world, port):
         train(cfg, run_dir=run_dir)
-    finally:
-        dist.destroy_process_group()
 
 
 if __name__ == "__main__":  # used by the kill-and-resume test: python _training_helpers.py RUN_DIR
