@@ -144,3 +144,47 @@ def add_derived(frame: Any) -> Any:
     if BIAS_RATIO in out and ALPHA_BIN in out and RHO_LIN in out:
         out[T4_HOLDS] = bound_holds(out[ALPHA_BIN], out[RHO_LIN], out[BIAS_RATIO])
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Attributions beyond the input gradient (``evaluation.attributions``, ``evaluation.boundary``)
+
+#: ``attr_<method>_<quantity>``: a per-sample column of the attribution ``<method>`` (an entry's
+#: label of ``evaluation.attributions``, e.g. ``integrated_gradients``; ``boundary_gradient`` and
+#: ``boundary_integrated_gradients`` with ``evaluation.boundary``).
+ATTR_PREFIX = "attr_"
+#: α (logit map) and α_bin (binarized map) of a method, as :func:`salign.attributions.attribution_alignment`.
+ATTR_ALIGNMENT_QUANTITIES = ("alignment", "alignment_binarized")
+#: The saliency-quality measures of :class:`salign.attributions.SaliencyQuality` (on the logit map).
+QUALITY_QUANTITIES = ("stroke_mass", "stroke_lift", "rank_correlation")
+ATTR_QUANTITIES = ATTR_ALIGNMENT_QUANTITIES + QUALITY_QUANTITIES
+#: Boundary attributions (:class:`salign.attributions.BoundaryAttribution` field → column), from
+#: the boundary points of the L2 attack that gives ρ (no extra attack).
+BOUNDARY_COLUMNS = {
+    "failed": "boundary_failed",
+    "direction_cosine": "boundary_cosine",
+    "boundary_alignment": "boundary_alignment",
+    "alignment_at_boundary": "alignment_at_boundary",
+    "integrated_gradients_alignment": "boundary_ig_alignment",
+    "completeness_gap": "boundary_ig_completeness_gap",
+}
+
+
+def attribution_column(method: str, quantity: str) -> str:
+    """The column of ``quantity`` (one of :data:`ATTR_QUANTITIES`) for the attribution ``method``."""
+    return f"{ATTR_PREFIX}{method}_{quantity}"
+
+
+def attribution_methods(columns: Any) -> list[str]:
+    """The attribution methods a table holds columns for (in column order)."""
+    found: list[str] = []
+    for col in columns:
+        if not col.startswith(ATTR_PREFIX) or _other_suffix(col):
+            continue
+        for quantity in sorted(ATTR_QUANTITIES, key=len, reverse=True):  # alignment_binarized first
+            if col.endswith("_" + quantity):
+                method = col[len(ATTR_PREFIX) : -len(quantity) - 1]
+                if method and method not in found:
+                    found.append(method)
+                break
+    return found
