@@ -59,7 +59,7 @@ from pydantic import (
 
 from salign._norms import parse_norm
 from salign.errors import ConfigError, InputError, MissingFileError
-from salign.training.config import TrainConfig
+from salign.training.config import AdversarialConfig, TrainConfig
 
 #: Sections of a run's resolved config.yaml that record the environment, ignored on loading.
 RECORD_KEYS = ("versions", "resolved")
@@ -119,10 +119,22 @@ class ModelSpec(_Strict):
 
 
 class ArmConfig(_Strict):
-    """One entry of the study's ``models`` list: an arm with nothing to train, the model named by
-    ``spec`` (anything :func:`salign.models.load_spec` accepts: a salign checkpoint, a ``.pt2``
-    export, ``file.py:factory`` or ``package.module:factory``, ``torchvision/<arch>``,
-    ``timm/<arch>``, a registry name), with its ``weights`` file and factory ``kwargs``.
+    """One entry of the study's ``models`` list: a model given as it is, or an adversarially
+    trained arm.
+
+    A given model (``spec``): anything :func:`salign.models.load_spec` accepts (a salign
+    checkpoint, a ``.pt2`` export, ``file.py:factory`` or ``package.module:factory``,
+    ``torchvision/<arch>``, ``timm/<arch>``, a registry name), with its ``weights`` file and
+    factory ``kwargs``; nothing is trained.
+
+    An adversarial-training arm (``adversarial``): the study trains the sweep's architecture with
+    the study's ``training`` section, on PGD-L2 (Madry et al. 2018) or DDN (Rony et al. 2019)
+    examples instead of the gradient penalty (:class:`salign.training.AdversarialConfig`;
+    ``method`` and ``epsilon`` must be given, the rest has defaults)::
+
+        models:
+          - {tag: pgd-1, adversarial: {method: pgd_l2, epsilon: 1.0, steps: 5}}
+          - {tag: ddn-2, adversarial: {method: ddn, epsilon: 2.0, steps: 20}}
 
     ``tag`` names the arm's files (``models/<tag>/``, ``eval/<tag>.csv``) and its row of
     summary.csv: letters, digits, ``.``, ``_``, ``-``; not a number (numbers name the λ sweep's
@@ -131,9 +143,10 @@ class ArmConfig(_Strict):
     """
 
     tag: str
-    spec: str = Field(min_length=1)
+    spec: str | None = Field(default=None, min_length=1)
     weights: str | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    adversarial: AdversarialConfig | None = None
 
     @field_validator("tag")
     @classmethod
@@ -148,6 +161,29 @@ class ArmConfig(_Strict):
         if v.lower() in RESERVED_TAGS:
             raise ValueError(f"tag {v!r} is reserved ({', '.join(RESERVED_TAGS)}); choose another")
         return v
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ArmConfig:
+        if self.adversarial is None:
+            if self.spec is None:
+                raise ValueError(
+                    "give 'spec' (a model to evaluate) or 'adversarial' (an arm the study trains, "
+                    "e.g. adversarial: {method: pgd_l2, epsilon: 1.0})"
+                )
+            return self
+        if self.spec is not None or self.weights is not None or self.kwargs:
+            raise ValueError(
+                "an 'adversarial' arm is trained from the study's 'model' section; remove spec, "
+                "weights and kwargs (or 'adversarial' to evaluate the given model)"
+            )
+        given = self.adversarial.model_fields_set
+        missing = [key for key in ("method", "epsilon") if key not in given]
+        if missing or self.adversarial.method == "none":
+            raise ValueError(
+                "an adversarial-training arm needs adversarial.method (pgd_l2 or ddn) and "
+                f"adversarial.epsilon (the L2 radius ε it trains at){'; missing: ' + ', '.join(missing) if missing else ''}"
+            )
+        return self
 
 
 def _is_number(text: str) -> bool:
@@ -164,8 +200,9 @@ class Arm:
 
     ``tag`` names its files and summary row; ``lam`` is its λ when it belongs to the sweep (the
     figures against λ use only those). Its model is trained by the study (``train``: the
-    trainer's config) or loaded as given (``spec``, ``weights``, ``kwargs``: the arguments of
-    :func:`salign.models.load_spec`); ``listed`` marks an entry of ``models``.
+    trainer's config, the gradient penalty of the sweep or an adversarial-training arm) or
+    loaded as given (``spec``, ``weights``, ``kwargs``: the arguments of
+    :func:`salign.models.load_spec`); ``listed`` marks a given entry of ``models``.
     """
 
     tag: str
@@ -177,7 +214,12 @@ class Arm:
     listed: bool = False
 
     def describe(self) -> dict[str, Any]:
-        """What this arm is, for the evaluation's metadata (JSON-safe)."""
+        """What this arm is, for the evaluation's metadata (JSON-safe): ``kind`` is ``sweep``
+        (gradient penalty at ``lambda``), ``adversarial`` (``method``, ``epsilon``, ``steps``),
+        ``listed`` or ``given``."""
+        if self.train is not None and self.train.adversarial.method != "none":
+            adv = self.train.adversarial
+            return {"kind": "adversarial", "method": adv.method, "epsilon": adv.epsilon, "steps": adv.steps}
         if self.train is not None:
             return {"kind": "sweep", "lambda": self.lam}
         return {
@@ -207,6 +249,88 @@ class SweepConfig(_Strict):
         return sorted(v)
 
 
+class AttributionEntry(_Strict):
+    """One attribution method of ``evaluation.attributions``: a name of
+    :data:`salign.attributions.METHODS` (``gradient``, ``input_x_gradient``,
+    ``integrated_gradients``, ``smoothgrad``) or a captum input-attribution class by its path
+    (``captum.attr.GradientShap``), with the options of its ``attribute`` call (``n_steps``,
+    ``nt_samples``, ``baselines`` as a number, ...). ``name`` labels its columns
+    (``attr_<name>_alignment``, ...; default: the method's name, lower-cased for a captum class).
+    A plain string is the entry ``{method: <string>}``.
+    """
+
+    method: str = Field(min_length=1)
+    name: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        """The name of its columns."""
+        if self.name is not None:
+            return self.name
+        return self.method.rpartition(".")[2].lower() if "." in self.method else self.method
+
+    @model_validator(mode="after")
+    def _known(self) -> AttributionEntry:
+        from salign.attributions import BOUNDARY_METHODS, METHODS
+
+        if self.method in BOUNDARY_METHODS:
+            raise ValueError(
+                f"{self.method} is computed from the attack's boundary points: set evaluation.boundary: "
+                "true instead of listing it"
+            )
+        if "." not in self.method and self.method not in METHODS:
+            known = ", ".join(m for m in METHODS if m not in BOUNDARY_METHODS)
+            raise ValueError(
+                f"unknown attribution {self.method!r}; known: {known}, or a captum class such as "
+                "captum.attr.GradientShap"
+            )
+        if not _NAME.match(self.label) or "__" in self.label:
+            raise ValueError(f"attribution name {self.label!r} must be letters, digits, '.', '_' or '-'")
+        return self
+
+    def resolve(self) -> Any:
+        """The method :func:`salign.attributions.attribute` takes: the name, or the captum class
+        (a one-line error when captum or the class is missing, or it is not an input attribution)."""
+        if "." not in self.method:
+            return self.method
+        from salign.attributions._captum import captum_attr
+
+        module, _, cls_name = self.method.rpartition(".")
+        if module not in ("captum.attr", "captum.attr._core"):
+            raise ConfigError(
+                f"evaluation.attributions: {self.method!r} is not a captum.attr class "
+                "(write captum.attr.<Class>)"
+            )
+        cls = getattr(captum_attr(), cls_name, None)
+        if not isinstance(cls, type):
+            raise ConfigError(f"evaluation.attributions: captum.attr has no class {cls_name!r}")
+        return cls
+
+    def check(self) -> None:
+        """Build the method on a tiny model and check its options, so a captum method that needs
+        arguments a study cannot give (a layer, ``baselines`` not set) fails before training."""
+        import torch
+
+        from salign.attributions import attribute
+        from salign.errors import MissingDependencyError, SalignError
+        from salign.experiments.evaluate import attribution_options
+
+        probe = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+        x = torch.full((2, 1, 2, 2), 0.5)
+        try:
+            attribute(probe, x, self.resolve(), mode="logit", **attribution_options(self.options, x))
+        except MissingDependencyError:
+            raise
+        except SalignError as exc:
+            raise ConfigError(f"evaluation.attributions[{self.label}]: {exc}") from None
+        except (TypeError, ValueError, RuntimeError, AssertionError) as exc:  # captum asserts too
+            raise ConfigError(
+                f"evaluation.attributions[{self.label}]: {self.method} failed with the given options "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+            ) from None
+
+
 class EvaluationConfig(_Strict):
     """The fixed, seeded evaluation subset (identical for every model) and how it is processed.
 
@@ -226,6 +350,15 @@ class EvaluationConfig(_Strict):
     columns keep their names (``alignment``, ``rho``, ...); every other norm's columns carry a
     suffix (``alignment_linf``, ``rho_linf``, ``rho_fmn_l1``, ...), see
     :mod:`salign.report.columns`.
+
+    ``attributions`` (default none): attribution methods (:class:`AttributionEntry`; names or
+    captum classes) whose α (logit map), α_bin (binarized map, the same rival as ``analyze``)
+    and saliency quality (:func:`salign.attributions.saliency_quality` of the logit map, with
+    ``quality_threshold``) become columns ``attr_<name>_<quantity>`` (L2). ``boundary: true``
+    adds the boundary attributions (Wang, Fredrikson & Datta 2022) of the L2 attack's boundary
+    points: no attack beyond the one that gives ρ (:func:`salign.attributions.boundary_attributions`;
+    columns ``boundary_*`` and the quality of the ``boundary_gradient`` and
+    ``boundary_integrated_gradients`` maps).
     """
 
     n: int = Field(default=1000, ge=1)
@@ -238,6 +371,39 @@ class EvaluationConfig(_Strict):
     accuracy_n: int | None = Field(default=None, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     norms: list[float] = Field(default_factory=lambda: [2.0], min_length=1)
+    attributions: list[AttributionEntry] = Field(default_factory=list)
+    boundary: bool = False
+    quality_threshold: float = Field(default=0.5, gt=0, lt=1)
+
+    @field_validator("attributions", mode="before")
+    @classmethod
+    def _entries(cls, v: Any) -> Any:
+        if isinstance(v, (list, tuple)):
+            return [{"method": e} if isinstance(e, str) else e for e in v]
+        return v
+
+    @field_validator("attributions")
+    @classmethod
+    def _distinct(cls, v: list[AttributionEntry]) -> list[AttributionEntry]:
+        labels = [e.label for e in v]
+        twice = sorted({lab for lab in labels if labels.count(lab) > 1})
+        if twice:
+            raise ValueError(f"attribution name(s) {twice} used twice; give each entry its own 'name'")
+        return v
+
+    def check_attributions(self) -> None:
+        """Run every attribution entry once on a tiny model (:meth:`AttributionEntry.check`): a
+        study fails on a bad method before it trains anything."""
+        for entry in self.attributions:
+            entry.check()
+
+    @model_validator(mode="after")
+    def _boundary_needs_l2(self) -> EvaluationConfig:
+        if (self.boundary or self.attributions) and 2.0 not in self.norms:
+            raise ValueError(
+                "attributions and boundary attributions are measured in L2: add 2 to evaluation.norms"
+            )
+        return self
 
     @field_validator("norms", mode="before")
     @classmethod
@@ -370,9 +536,16 @@ class ExperimentConfig(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> ExperimentConfig:
         self.attacks.check_norms(self.evaluation.norms)
-        if self.training is not None and self.sweep is None:
+        trained_arms = [m.tag for m in self.models if m.adversarial is not None]
+        if self.training is not None and self.sweep is None and not trained_arms:
             raise ValueError(
-                "'training' needs a 'sweep' with the λ values to train (sweep: {lambdas: [...]})"
+                "'training' needs a 'sweep' with the λ values to train (sweep: {lambdas: [...]}) "
+                "or adversarial-training arms in 'models'"
+            )
+        if trained_arms and self.training is None:
+            raise ValueError(
+                f"models[{trained_arms[0]}]: an adversarial-training arm is trained with the study's "
+                "'training' section, and this study has none"
             )
         if self.training is None and self.sweep is not None:
             raise ValueError("'sweep' needs a 'training' section (or remove 'sweep' to evaluate one model)")
@@ -396,6 +569,11 @@ class ExperimentConfig(_Strict):
                 )
             if "lambda_" in self.training.regularizer.model_fields_set:
                 raise ValueError("set λ in 'sweep.lambdas', not in 'training.regularizer.lambda'")
+            if self.training.adversarial.method != "none":
+                raise ValueError(
+                    "set adversarial training per arm in 'models' (adversarial: {method: pgd_l2, "
+                    "epsilon: ...}), not in 'training.adversarial'"
+                )
         return self
 
     def _check_tags(self) -> None:
@@ -418,10 +596,19 @@ class ExperimentConfig(_Strict):
         from salign.report.rundata import lambda_tag
 
         arms = [Arm(lambda_tag(lam), lam, train=self.train_config(lam)) for lam in self.sweep_lambdas()]
-        arms += [
-            Arm(m.tag, spec=m.spec, weights=m.weights, kwargs=dict(m.kwargs), listed=True)
-            for m in self.models
-        ]
+        for entry in self.models:
+            if entry.adversarial is not None:
+                arms.append(Arm(entry.tag, train=self.train_config(0.0, adversarial=entry.adversarial)))
+            else:
+                arms.append(
+                    Arm(
+                        entry.tag,
+                        spec=entry.spec,
+                        weights=entry.weights,
+                        kwargs=dict(entry.kwargs),
+                        listed=True,
+                    )
+                )
         if not arms:
             m = self.model
             spec = m.checkpoint if m.checkpoint is not None else m.name
@@ -435,7 +622,8 @@ class ExperimentConfig(_Strict):
 
     @property
     def trains(self) -> bool:
-        """True when the study trains a λ sweep (False: it only evaluates given models)."""
+        """True when the study trains (a λ sweep, adversarial arms; False: it only evaluates
+        given models)."""
         return self.training is not None
 
     def lambdas(self) -> list[float | None]:
@@ -444,21 +632,26 @@ class ExperimentConfig(_Strict):
             return list(self.sweep.lambdas)
         return [] if self.models else [None]
 
-    def train_config(self, lam: float) -> TrainConfig:
-        """The trainer's config for the model with penalty weight ``lam``.
+    def train_config(self, lam: float, *, adversarial: AdversarialConfig | None = None) -> TrainConfig:
+        """The trainer's config for the model with penalty weight ``lam``, or for the
+        adversarial-training arm ``adversarial`` (then λ = 0).
 
         Model, seed and (unless ``training.data`` names them) dataset name and directory come
         from the top-level sections; λ and the method from ``sweep``.
         """
-        if self.training is None or self.sweep is None:
+        if self.training is None:
             raise ConfigError("this study has no training section")
         overrides: dict[str, Any] = {
             "model.name": self.model.name,
             "model.kwargs": dict(self.model.kwargs),
-            "model.weights": self.model.weights,  # fine-tuning: every λ starts from these weights
+            "model.weights": self.model.weights,  # fine-tuning: every arm starts from these weights
             "regularizer.lambda": float(lam),
-            "regularizer.method": self.sweep.method,
         }
+        if self.sweep is not None:
+            overrides["regularizer.method"] = self.sweep.method
+        if adversarial is not None:
+            overrides["regularizer.lambda"] = 0.0
+            overrides["adversarial"] = adversarial.model_dump()
         if "seed" not in self.training.model_fields_set:
             overrides["seed"] = self.seed
         data_set = self.training.data.model_fields_set

@@ -79,6 +79,9 @@ def evaluate_chunk(
     attack_batch_size: int | None = None,
     seed: int = 0,
     norms: Sequence[float] = (2.0,),
+    attributions: Sequence[tuple[str, Any, Mapping[str, Any]]] = (),
+    boundary: bool = False,
+    quality_threshold: float = 0.5,
 ) -> tuple[Any, dict[str, Any]]:
     """Per-sample table of one chunk and its costs.
 
@@ -102,12 +105,17 @@ def evaluate_chunk(
         norms: the Lp norms (2, ∞, 1): for each p, ``analyze(norm=p)`` and
             ``robustness(norm=p)``; the L2 columns keep their names, the others get the norm's
             suffix (:func:`salign.report.columns.norm_column`).
+        attributions: ``(label, method, options)`` per attribution method: its columns
+            (:func:`attribution_columns`) join the L2 columns.
+        boundary: add the boundary attributions of the L2 attack's boundary points
+            (:func:`attribution_columns`); no further attack is run.
+        quality_threshold: the stroke threshold of :func:`salign.attributions.saliency_quality`.
 
     Returns:
         ``(frame, costs)``: a pandas DataFrame (``sample_id``, the Analysis columns, ``rho``,
         ``rho_success``, ``adv_class``, ``best_attack``, ``rho_<a>``, ``success_<a>``, each
         suffixed for p ≠ 2) and ``{"seconds_analyze", "seconds_attacks", "forwards",
-        "backwards", "flags", "warnings", "adversarial"}`` (summed over the norms; the attacks'
+        "backwards", "seconds_attributions", "flags", "warnings", "adversarial"}`` (summed over the norms; the attacks'
         sanity-flag counts, suffixed for p ≠ 2, and the warnings raised, which are recorded
         instead of printed: they go to ``eval/<model>.json`` and the report; ``adversarial``:
         the adversarial points of the first norm, L2 when evaluated, on the CPU, equal to ``x``
@@ -119,7 +127,7 @@ def evaluate_chunk(
     ordered = sorted((parse_norm(p) for p in norms), key=lambda p: p != 2)  # L2 first: its columns lead
     caught: list[Any] = []
     costs: dict[str, Any] = {"seconds_analyze": 0.0, "seconds_attacks": 0.0, "forwards": 0.0,
-                             "backwards": 0.0, "flags": {}}  # fmt: skip
+                             "backwards": 0.0, "seconds_attributions": 0.0, "flags": {}}  # fmt: skip
     frame = None
     for p in ordered:
         sfx = C.norm_suffix(p)
@@ -176,6 +184,25 @@ def evaluate_chunk(
         costs["flags"].update({key + sfx: value for key, value in result.flags.items()})
         if "adversarial" not in costs:
             costs["adversarial"] = result.adv.detach().cpu()
+        if p == 2 and (attributions or boundary):
+            t2 = time.perf_counter()
+            torch.manual_seed(seed + 1)  # SmoothGrad's noise: the same for a resumed chunk
+            with warnings.catch_warnings(record=True) as caught_p:
+                warnings.simplefilter("always")
+                extra = attribution_columns(
+                    model,
+                    x,
+                    attributions,
+                    boundary=result if boundary else None,
+                    rival=rival,
+                    candidates=candidates,
+                    batch_size=batch_size,
+                    threshold=quality_threshold,
+                )
+            caught += caught_p
+            for col, values in extra.items():
+                frame[col] = values
+            costs["seconds_attributions"] += time.perf_counter() - t2
     assert frame is not None
     if not known:
         lab = labels.cpu().numpy()
@@ -185,9 +212,84 @@ def evaluate_chunk(
     return frame, costs
 
 
+def attribution_options(options: Mapping[str, Any], x: Tensor) -> dict[str, Any]:
+    """The options of a config's attribution entry as captum takes them: a number given as
+    ``baselines`` becomes a constant image (1, C, H, W) of x's dtype and device (GradientShap
+    needs a tensor; IG and the others broadcast it over the batch)."""
+    out = dict(options)
+    value = out.get("baselines")
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        out["baselines"] = torch.full((1, *x.shape[1:]), float(value), dtype=x.dtype, device=x.device)
+    return out
+
+
+def attribution_columns(
+    model: nn.Module,
+    x: Tensor,
+    methods: Sequence[tuple[str, Any, Mapping[str, Any]]],
+    *,
+    boundary: Any = None,
+    rival: str = "nearest",
+    candidates: int | None = None,
+    batch_size: int | None = None,
+    threshold: float = 0.5,
+) -> dict[str, np.ndarray]:
+    """The attribution columns of one chunk (L2), named by :func:`salign.report.columns.attribution_column`.
+
+    For each ``(label, method, options)`` (options as a config gives them,
+    :func:`attribution_options`): α of the logit map a(x) of Ψ^{F(x)} and α_bin of the
+    binarized map (the rival ``rival``, as :func:`salign.analyze`), both by
+    :func:`salign.alignment` with the map given (D3/D4 with a in place of ∇Ψ), and the saliency
+    quality of the logit map (:func:`salign.attributions.saliency_quality`: stroke_mass,
+    stroke_lift, rank_correlation). With ``boundary`` (the L2 :class:`~salign.AttackResult`
+    that gives ρ): the :func:`salign.attributions.boundary_attributions` columns
+    (:data:`salign.report.columns.BOUNDARY_COLUMNS`; binarized maps with the class x_b reached
+    as the rival, so s(x_b) is the normal of the boundary x_b lies on), the quality of the
+    boundary gradient and boundary IG maps, and, as their reference at x, the quality of the
+    binarized gradient map at x (method label ``gradient_binarized``).
+    """
+    from salign.attributions import attribute, boundary_attributions, saliency_quality
+    from salign.quantities import alignment
+
+    out: dict[str, np.ndarray] = {}
+
+    def as_column(t: Tensor) -> np.ndarray:
+        t = t.detach().cpu()
+        return t.numpy() if t.dtype == torch.bool else t.double().numpy()
+
+    def add_quality(label: str, maps: Tensor) -> None:
+        q = saliency_quality(maps, x, threshold=threshold)
+        for name in C.QUALITY_QUANTITIES:
+            out[C.attribution_column(label, name)] = as_column(getattr(q, name))
+
+    for label, method, given in methods:
+        options = attribution_options(given, x)
+        logit_map = attribute(model, x, method, mode="logit", batch_size=batch_size, **options)
+        bin_map = attribute(
+            model, x, method, mode="binarized", rival=rival, candidates=candidates, batch_size=batch_size, **options
+        )  # fmt: skip
+        out[C.attribution_column(label, "alignment")] = as_column(alignment(None, x, saliency=logit_map))
+        out[C.attribution_column(label, "alignment_binarized")] = as_column(
+            alignment(None, x, saliency=bin_map)
+        )
+        add_quality(label, logit_map)
+    if boundary is not None:
+        b = boundary_attributions(model, x, boundary, batch_size=batch_size)
+        for name, col in C.BOUNDARY_COLUMNS.items():
+            out[col] = as_column(getattr(b, name))
+        add_quality("boundary_gradient", b.saliency)
+        add_quality("boundary_integrated_gradients", b.integrated_gradients)
+        reference = attribute(
+            model, x, "gradient", mode="binarized", rival=rival, candidates=candidates, batch_size=batch_size
+        )
+        add_quality("gradient_binarized", reference)
+    return out
+
+
 def merge_costs(parts: list[dict[str, Any]]) -> dict[str, Any]:
     """Sum the numeric costs and flag counts of several chunks; keep each distinct warning once."""
-    out: dict[str, Any] = {"seconds_analyze": 0.0, "seconds_attacks": 0.0, "forwards": 0.0, "backwards": 0.0}
+    out: dict[str, Any] = {"seconds_analyze": 0.0, "seconds_attacks": 0.0, "forwards": 0.0, "backwards": 0.0,
+                           "seconds_attributions": 0.0}  # fmt: skip
     flags: dict[str, int] = {}
     messages: list[str] = []
     for part in parts:

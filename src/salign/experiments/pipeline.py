@@ -359,6 +359,9 @@ def evaluate_stage_model(
                     attack_batch_size=batches[1],
                     seed=cfg.seed * 1_000_003 + c0,
                     norms=ev.norms,
+                    attributions=[(e.label, e.resolve(), e.options) for e in ev.attributions],
+                    boundary=ev.boundary,
+                    quality_threshold=ev.quality_threshold,
                 )
                 break
             except torch.OutOfMemoryError as exc:
@@ -525,6 +528,7 @@ def run(
     # install otherwise trained the first model and then failed on `import pandas`).
     require_pandas()
     require_pyplot()
+    cfg.evaluation.check_attributions()  # a bad attribution entry fails before any training
     if cfg.num_threads is not None:
         torch.set_num_threads(cfg.num_threads)
     run_dir = cfg.run_dir(out)
