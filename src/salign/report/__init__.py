@@ -80,6 +80,9 @@ class Report:
     sentences: list[str]
     checks: dict[str, bool]
     summaries: dict[float, Any] = field(default_factory=dict)
+    #: the "Attributions and robustifiers" tables (:class:`salign.report.attributions.AttributionSummary`),
+    #: None for a run without attribution columns and without adversarial-training arms
+    attributions: Any = None
 
 
 def render(
@@ -92,6 +95,11 @@ def render(
 ) -> Report:
     """Compute T1, draw P1–P8 and write ``summary.csv``, ``summary.md``, ``figures/`` and ``report.html``.
 
+    A run with attribution columns (``evaluation.attributions``, ``evaluation.boundary``) or
+    adversarial-training arms also gets ``attributions.csv`` (when it has attribution columns),
+    ``arms.csv``, figures P9/P10, their reading and the report section "Attributions and
+    robustifiers" (:mod:`salign.report.attributions`).
+
     Args:
         run_dir: a run directory with finished evaluations (``eval/<model>.csv`` + ``.json``).
         n_bootstrap: bootstrap resamples for the correlation intervals (default: the config's
@@ -102,12 +110,13 @@ def render(
             False writes only summary.csv and a report.html without figures.
     """
     from salign._io import atomic_open, write_text_atomic
+    from salign.report.attributions import ARMS_FILE, ATTRIBUTIONS_FILE, attribution_summary
     from salign.report.columns import norm_suffix
-    from salign.report.figures import NORM_FIGURES, save_figures
-    from salign.report.html import render_html, write_html
+    from salign.report.figures import ATTRIBUTION_FIGURES, NORM_FIGURES, save_figures
+    from salign.report.html import attributions_html, render_html, write_html
     from salign.report.interactive import IMAGE_MB, PAGE_MB, interactive_html
     from salign.report.markdown import summary_markdown
-    from salign.report.reading import reading, trend_checks
+    from salign.report.reading import attribution_reading, reading, trend_checks
     from salign.report.tables import summary_table
 
     run = load_run(run_dir)
@@ -138,6 +147,17 @@ def render(
         sentences += reading(summary, level=level, norm=p, label=several, accuracy=i == 0)
         if len(run.models) > 1:
             checks.update({k + sfx: v for k, v in trend_checks(summary).items()})
+    attributions = attribution_summary(run, n_bootstrap=n_bootstrap, seed=seed, level=level)
+    attr_section, attr_figures = "", {}
+    if attributions is not None:
+        for name, table in ((ATTRIBUTIONS_FILE, attributions.attributions), (ARMS_FILE, attributions.arms)):
+            if table is not None:
+                with atomic_open(root / name, "w", encoding="utf-8", newline="") as fh:
+                    table.to_csv(fh, index=False)
+        if figures:
+            attr_figures = save_figures(run, attributions, root / FIGURES_DIR, figures=ATTRIBUTION_FIGURES)
+        sentences += attribution_reading(attributions)
+        attr_section = attributions_html(attributions, attr_figures)
     first = norms[0]
     summary_path = root / summary_file(first)
     config_text = (root / CONFIG_FILE).read_text(encoding="utf-8") if (root / CONFIG_FILE).is_file() else ""
@@ -146,7 +166,14 @@ def render(
     def page_with_images(image_mb: float) -> str:
         section = interactive_html(explore, image_mb=image_mb)
         return render_html(
-            run, summaries, written, sentences, config_text=config_text, checks=checks, interactive=section
+            run,
+            summaries,
+            written,
+            sentences,
+            config_text=config_text,
+            checks=checks,
+            interactive=section,
+            attributions=attr_section,
         )
 
     # The sample images get report.interactive_mb, or what the rest of the page leaves of PAGE_MB.
@@ -155,5 +182,16 @@ def render(
     if image_mb > 0:
         page = page_with_images(image_mb)
     html_path = write_html(root / REPORT_FILE, page)
-    write_text_atomic(root / SUMMARY_MD_FILE, summary_markdown(run, summaries, sentences, checks))
-    return Report(html_path, summary_path, written, summaries[first], sentences, checks, summaries)
+    write_text_atomic(
+        root / SUMMARY_MD_FILE, summary_markdown(run, summaries, sentences, checks, attributions)
+    )
+    return Report(
+        html_path,
+        summary_path,
+        {**written, **attr_figures},
+        summaries[first],
+        sentences,
+        checks,
+        summaries,
+        attributions,
+    )
