@@ -169,11 +169,14 @@ def antithetic_noise(n: int, rng: np.random.Generator) -> np.ndarray:
     return rng.permutation(np.concatenate([[0.0], half, -half]))
 
 
-def write_arms_run(run_dir: Path, *, n: int = 101, seed: int = 0, boundary: bool = True) -> Path:
+def write_arms_run(
+    run_dir: Path, *, n: int = 101, seed: int = 0, boundary: bool = True, attributions: bool = True
+) -> Path:
     """A fake study with attribution and boundary columns and the arms of :data:`ARMS`: three
     sweep models, two PGD-L2 arms and a listed model, with exact medians of ρ and α (and of the
     gradient map's rank correlation) per model. Methods: ``gradient`` (quality rising with λ),
-    ``integrated_gradients`` (α rising, quality flat); a few NaN samples in every method."""
+    ``integrated_gradients`` (α rising, quality flat); a few NaN samples in every method.
+    ``attributions=False``: the arms only (no attribution or boundary columns)."""
     rng = np.random.default_rng(seed)
     (run_dir / "eval").mkdir(parents=True, exist_ok=True)
     config = {
@@ -201,7 +204,7 @@ def write_arms_run(run_dir: Path, *, n: int = 101, seed: int = 0, boundary: bool
                 0.5,
             ),
         }
-        for method, (alpha, quality) in quantities.items():
+        for method, (alpha, quality) in quantities.items() if attributions else ():
             q = quality + 0.05 * antithetic_noise(n, rng)
             cols = {
                 "alignment": alpha,
@@ -214,7 +217,7 @@ def write_arms_run(run_dir: Path, *, n: int = 101, seed: int = 0, boundary: bool
                 values = np.array(values, dtype=np.float64)
                 values[rng.choice(n, 3, replace=False)] = np.nan
                 frame[f"attr_{method}_{name}"] = values
-        if boundary:
+        if boundary and attributions:
             failed = np.zeros(n, bool)
             failed[rng.choice(n, 2, replace=False)] = True
             cos = np.clip(0.6 + 0.1 * lam_rank + 0.05 * rng.normal(size=n), -1, 1)
