@@ -756,14 +756,26 @@ def figure_quality_vs_lambda(run: RunData, summary: Any = None) -> Any:
         ax.set_ylabel(label)
         ax.grid(alpha=0.25)
         ax.legend(fontsize=7)
-    axes[0][0].set_title("rank correlation (threshold-free; 1 = |map| ranks like the image)", fontsize=10)
-    if len(panels) > 1:
-        axes[0][1].set_title("stroke lift: share of |map| on the strokes ÷ their area", fontsize=10)
-    level = round(100 * getattr(summary, "level", 0.95))
-    fig.suptitle(
-        f"P9 Saliency quality vs λ per attribution method (bars: {level}% bootstrap CI of the median)",
-        fontsize=11,
+    titles = {
+        "rank_correlation": "rank correlation (threshold-free; 1 = |map| ranks like the image)",
+        "stroke_lift": "stroke lift: share of |map| on the strokes ÷ their area",
+    }
+    return _finish_panels(
+        fig,
+        [titles[q] for q, _ in panels],
+        f"P9 Saliency quality vs λ per attribution method (bars: {_level(summary)}% bootstrap CI of the median)",
     )
+
+
+def _level(summary: Any) -> int:
+    return round(100 * getattr(summary, "level", 0.95))
+
+
+def _finish_panels(fig: Any, titles: list[str], suptitle: str) -> Any:
+    """Panel titles, the figure's title and a tight layout below it."""
+    for ax, title in zip(fig.axes, titles, strict=False):
+        ax.set_title(title, fontsize=10)
+    fig.suptitle(suptitle, fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 0.94))
     return fig
 
@@ -851,16 +863,11 @@ def figure_matched_robustness(run: RunData, summary: Any = None) -> Any:
         ax.set_ylabel(label)
         ax.grid(alpha=0.25)
         ax.legend(fontsize=8)
-    axes[0][0].set_title("alignment at matched robustness", fontsize=10)
-    if len(panels) > 1:
-        axes[0][1].set_title("saliency quality at matched robustness", fontsize=10)
-    level = round(100 * getattr(summary, "level", 0.95))
-    fig.suptitle(
-        f"P10 Robustifiers compared at matched robustness (bars: {level}% bootstrap CIs of the medians)",
-        fontsize=11,
+    return _finish_panels(
+        fig,
+        ["alignment at matched robustness", "saliency quality at matched robustness"],
+        f"P10 Robustifiers compared at matched robustness (bars: {_level(summary)}% bootstrap CIs of the medians)",
     )
-    fig.tight_layout(rect=(0, 0, 1, 0.94))
-    return fig
 
 
 #: File stem -> figure function of the "Attributions and robustifiers" section (drawn from an

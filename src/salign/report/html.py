@@ -114,6 +114,15 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def sig3(value: Any) -> str:
+    """A number with 3 significant digits, trailing zeros kept (2.00, 0.0450, 1.50e+03; – for
+    NaN or None): the numbers of the attribution tables and their reading."""
+    if value is None or not np.isfinite(value):
+        return "–" if value is None or math.isnan(value) else _fmt(value)
+    text = f"{value:#.3g}"
+    return text[:-1] if text.endswith(".") else text
+
+
 def _cell(row: Any, col: str) -> str:
     if col in ("spearman_alpha_rho", "pearson_alpha_rho"):
         v = row.get(col, float("nan"))
@@ -195,7 +204,7 @@ def _median_cell(row: Any, prefix: str) -> str:
     v = row.get(prefix + "_median", float("nan"))
     if v is None or not np.isfinite(v):
         return "–"
-    return f"{_fmt(v)} [{_fmt(row.get(prefix + '_low'))}, {_fmt(row.get(prefix + '_high'))}]"
+    return f"{sig3(v)} [{sig3(row.get(prefix + '_low'))}, {sig3(row.get(prefix + '_high'))}]"
 
 
 def _corr_cell(row: Any, key: str) -> str:
@@ -272,7 +281,7 @@ def attribution_tables(summary: Any) -> list[tuple[str, list[str], list[list[str
             cells = [str(d["model"]), "–" if not np.isfinite(failed) else f"{100 * failed:.1f}%"]
             cells += [_median_cell(d, c) for c, _ in cols]
             if gap in boundary:
-                cells.append(_fmt(d.get(gap)))
+                cells.append(sig3(d.get(gap)))
             rows.append(cells)
         out.append(("Boundary attributions (at the attack's boundary point x_b)", heads, rows))
     return out

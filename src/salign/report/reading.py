@@ -9,6 +9,7 @@ import numpy as np
 
 from salign._norms import dual_exponent
 from salign.report.columns import norm_label
+from salign.report.html import sig3 as _g3
 from salign.report.tables import POOLED
 
 
@@ -192,14 +193,8 @@ _TREND_QUANTITIES = (
 )
 
 
-def _g3(value: float) -> str:
-    """``value`` with 3 significant digits, trailing zeros kept (2.00, 0.0450, 1.50e+03)."""
-    text = f"{value:#.3g}"
-    return text[:-1] if text.endswith(".") else text
-
-
 def _g3s(value: float) -> str:
-    """:func:`_g3` with a sign."""
+    """:func:`~salign.report.html.sig3` with a sign."""
     return ("+" if value >= 0 else "") + _g3(value)
 
 
