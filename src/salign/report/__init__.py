@@ -32,8 +32,10 @@ from salign.report.rundata import (
 )
 from salign.report.stats import (
     Correlation,
+    MedianCI,
     Spread,
     bootstrap_correlation,
+    bootstrap_median,
     bound_holds,
     pearson,
     spearman,
@@ -49,10 +51,12 @@ __all__ = [
     "SUMMARY_FILE",
     "SUMMARY_MD_FILE",
     "Correlation",
+    "MedianCI",
     "Report",
     "RunData",
     "Spread",
     "bootstrap_correlation",
+    "bootstrap_median",
     "bound_holds",
     "lambda_tag",
     "load_run",
