@@ -166,6 +166,7 @@ def test_runs_without_the_new_columns(tmp_path: Path) -> None:
     """An old run (no attribution columns, no "arm" records) renders without the section or its
     files; adversarial arms without attribution columns still get arms.csv and the comparison."""
     old = write_synthetic_run(tmp_path / "old", lambdas=(0.0, 1.0), n=40)
+    (old / ATTRIBUTIONS_FILE).write_text("stale, from an earlier render\n", encoding="utf-8")
     report = render(old, n_bootstrap=50, figures=False)
     assert report.attributions is None
     assert not (old / ATTRIBUTIONS_FILE).exists() and not (old / ARMS_FILE).exists()

@@ -114,10 +114,9 @@ def render(
             False writes only summary.csv and a report.html without figures.
     """
     from salign._io import atomic_open, write_text_atomic
-    from salign.report.attributions import ARMS_FILE, ATTRIBUTIONS_FILE, attribution_summary
     from salign.report.columns import norm_suffix
-    from salign.report.figures import ATTRIBUTION_FIGURES, NORM_FIGURES, save_figures
-    from salign.report.html import attributions_html, render_html, write_html
+    from salign.report.figures import NORM_FIGURES, save_figures
+    from salign.report.html import render_html, write_html
     from salign.report.interactive import IMAGE_MB, PAGE_MB, interactive_html
     from salign.report.markdown import summary_markdown
     from salign.report.reading import attribution_reading, reading, trend_checks
@@ -151,17 +150,11 @@ def render(
         sentences += reading(summary, level=level, norm=p, label=several, accuracy=i == 0)
         if len(run.models) > 1:
             checks.update({k + sfx: v for k, v in trend_checks(summary).items()})
-    attributions = attribution_summary(run, n_bootstrap=n_bootstrap, seed=seed, level=level)
-    attr_section, attr_figures = "", {}
+    attributions, attr_section, attr_figures = _render_attributions(
+        run, n_bootstrap=n_bootstrap, seed=seed, level=level, figures=figures
+    )
     if attributions is not None:
-        for name, table in ((ATTRIBUTIONS_FILE, attributions.attributions), (ARMS_FILE, attributions.arms)):
-            if table is not None:
-                with atomic_open(root / name, "w", encoding="utf-8", newline="") as fh:
-                    table.to_csv(fh, index=False)
-        if figures:
-            attr_figures = save_figures(run, attributions, root / FIGURES_DIR, figures=ATTRIBUTION_FIGURES)
         sentences += attribution_reading(attributions)
-        attr_section = attributions_html(attributions, attr_figures)
     first = norms[0]
     summary_path = root / summary_file(first)
     config_text = (root / CONFIG_FILE).read_text(encoding="utf-8") if (root / CONFIG_FILE).is_file() else ""
@@ -199,3 +192,31 @@ def render(
         summaries,
         attributions,
     )
+
+
+def _render_attributions(
+    run: RunData, *, n_bootstrap: int, seed: int, level: float, figures: bool
+) -> tuple[Any, str, dict[str, Path]]:
+    """The "Attributions and robustifiers" part of :func:`render`: writes ``attributions.csv``,
+    ``arms.csv`` (removing stale ones the run no longer has) and P9/P10; returns the
+    AttributionSummary (None when the run has no such columns or arms), the HTML section and the
+    figures."""
+    from salign._io import atomic_open
+    from salign.report.attributions import ARMS_FILE, ATTRIBUTIONS_FILE, attribution_summary
+    from salign.report.figures import ATTRIBUTION_FIGURES, save_figures
+    from salign.report.html import attributions_html
+
+    summary = attribution_summary(run, n_bootstrap=n_bootstrap, seed=seed, level=level)
+    tables = (summary.attributions, summary.arms) if summary is not None else (None, None)
+    for name, table in zip((ATTRIBUTIONS_FILE, ARMS_FILE), tables, strict=True):
+        if table is None:  # a stale table of an earlier render of this directory
+            (run.run_dir / name).unlink(missing_ok=True)
+            continue
+        with atomic_open(run.run_dir / name, "w", encoding="utf-8", newline="") as fh:
+            table.to_csv(fh, index=False)
+    if summary is None:
+        return None, "", {}
+    drawn = (
+        save_figures(run, summary, run.run_dir / FIGURES_DIR, figures=ATTRIBUTION_FIGURES) if figures else {}
+    )
+    return summary, attributions_html(summary, drawn), drawn
