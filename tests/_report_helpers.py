@@ -142,3 +142,104 @@ def synthetic_views(
         "perturbation": noise[1],
         "perturbation_scale": np.full(k, 0.1, np.float32),
     }
+
+
+#: The arms of :func:`write_arms_run`: tag → (arm record, λ, median ρ, median α, median ρ_q of the
+#: gradient map). The gradient-penalty line has α = ρ exactly, so an arm at ρ = 1.5 with α = 2 is
+#: +0.5 above it; ``pgd-2`` lies beyond the sweep's ρ range [1, 3].
+ARMS: dict[str, tuple[dict[str, object], float | None, float, float, float]] = {
+    "0": ({"kind": "sweep", "lambda": 0.0}, 0.0, 1.0, 1.0, 0.2),
+    "1": ({"kind": "sweep", "lambda": 1.0}, 1.0, 2.0, 2.0, 0.4),
+    "10": ({"kind": "sweep", "lambda": 10.0}, 10.0, 3.0, 3.0, 0.6),
+    "pgd-0.5": (
+        {"kind": "adversarial", "method": "pgd_l2", "epsilon": 0.5, "steps": 10},
+        None,
+        1.5,
+        2.0,
+        0.7,
+    ),
+    "pgd-2": ({"kind": "adversarial", "method": "pgd_l2", "epsilon": 2.0, "steps": 10}, None, 4.0, 3.5, 0.8),
+    "mine": ({"kind": "listed", "spec": "mine.py:build"}, None, 2.5, 1.0, 0.3),
+}
+
+
+def antithetic_noise(n: int, rng: np.random.Generator) -> np.ndarray:
+    """n (odd) standard-normal-like values whose median is exactly 0 (0 and ± pairs, shuffled)."""
+    half = np.abs(rng.normal(0.0, 1.0, (n - 1) // 2))
+    return rng.permutation(np.concatenate([[0.0], half, -half]))
+
+
+def write_arms_run(
+    run_dir: Path, *, n: int = 101, seed: int = 0, boundary: bool = True, attributions: bool = True
+) -> Path:
+    """A fake study with attribution and boundary columns and the arms of :data:`ARMS`: three
+    sweep models, two PGD-L2 arms and a listed model, with exact medians of ρ and α (and of the
+    gradient map's rank correlation) per model. Methods: ``gradient`` (quality rising with λ),
+    ``integrated_gradients`` (α rising, quality flat); a few NaN samples in every method.
+    ``attributions=False``: the arms only (no attribution or boundary columns)."""
+    rng = np.random.default_rng(seed)
+    (run_dir / "eval").mkdir(parents=True, exist_ok=True)
+    config = {
+        "name": "arms",
+        "seed": seed,
+        "dataset": {"name": "synthetic"},
+        "sweep": {"lambdas": [0.0, 1.0, 10.0]},
+        "models": [{"tag": tag} for tag, spec in ARMS.items() if spec[1] is None],
+        "evaluation": {"attributions": ["gradient", "integrated_gradients"], "boundary": boundary},
+    }
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    attacks = ("deepfool", "ddn")
+    for k, (tag, (arm, lam, rho0, alpha0, quality0)) in enumerate(ARMS.items()):
+        frame = synthetic_frame(min(k, 3), n, rng, attacks)
+        z = antithetic_noise(n, rng)
+        frame["rho"] = rho0 * np.exp(0.2 * z)
+        frame["alignment"] = alpha0 * np.exp(0.2 * z)
+        for attack in attacks:
+            frame[f"rho_{attack}"] = frame["rho"]
+        lam_rank = {"0": 0, "1": 1, "10": 2}.get(tag, 1)
+        quantities = {
+            "gradient": (frame["alignment"].to_numpy(), quality0),
+            "integrated_gradients": (
+                1.2 * frame["alignment"].to_numpy() * np.exp(0.1 * rng.normal(size=n)),
+                0.5,
+            ),
+        }
+        for method, (alpha, quality) in quantities.items() if attributions else ():
+            q = quality + 0.05 * antithetic_noise(n, rng)
+            cols = {
+                "alignment": alpha,
+                "alignment_binarized": 0.9 * alpha,
+                "stroke_mass": 0.3 + 0.5 * q,
+                "stroke_lift": 1.0 + 2.0 * q,
+                "rank_correlation": q,
+            }
+            for name, values in cols.items():
+                values = np.array(values, dtype=np.float64)
+                values[rng.choice(n, 3, replace=False)] = np.nan
+                frame[f"attr_{method}_{name}"] = values
+        if boundary and attributions:
+            failed = np.zeros(n, bool)
+            failed[rng.choice(n, 2, replace=False)] = True
+            cos = np.clip(0.6 + 0.1 * lam_rank + 0.05 * rng.normal(size=n), -1, 1)
+            cols = {
+                "boundary_cosine": cos,
+                "boundary_alignment": 0.8 * frame["alignment"].to_numpy(),
+                "alignment_at_boundary": 0.1 * frame["alignment"].to_numpy(),
+                "boundary_ig_alignment": 0.9 * frame["alignment"].to_numpy(),
+                "boundary_ig_completeness_gap": 1e-4 * rng.normal(size=n),
+            }
+            frame["boundary_failed"] = failed
+            for name, values in cols.items():
+                frame[name] = np.where(failed, np.nan, values)
+            for method, quality in (
+                ("boundary_gradient", quality0 + 0.2),
+                ("boundary_integrated_gradients", 0.5),
+            ):
+                q = np.where(failed, np.nan, quality + 0.05 * antithetic_noise(n, rng))
+                frame[f"attr_{method}_stroke_mass"] = 0.3 + 0.5 * q
+                frame[f"attr_{method}_stroke_lift"] = 1.0 + 2.0 * q
+                frame[f"attr_{method}_rank_correlation"] = q
+        frame.to_csv(run_dir / "eval" / f"{tag}.csv", index=False)
+        meta = {"tag": tag, "lambda": lam, "arm": arm, "accuracy": 0.99 - 0.01 * k, "accuracy_n": 10000}
+        (run_dir / "eval" / f"{tag}.json").write_text(json.dumps(meta), encoding="utf-8")
+    return run_dir

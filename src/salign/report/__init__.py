@@ -32,8 +32,10 @@ from salign.report.rundata import (
 )
 from salign.report.stats import (
     Correlation,
+    MedianCI,
     Spread,
     bootstrap_correlation,
+    bootstrap_median,
     bound_holds,
     pearson,
     spearman,
@@ -49,10 +51,12 @@ __all__ = [
     "SUMMARY_FILE",
     "SUMMARY_MD_FILE",
     "Correlation",
+    "MedianCI",
     "Report",
     "RunData",
     "Spread",
     "bootstrap_correlation",
+    "bootstrap_median",
     "bound_holds",
     "lambda_tag",
     "load_run",
@@ -80,6 +84,9 @@ class Report:
     sentences: list[str]
     checks: dict[str, bool]
     summaries: dict[float, Any] = field(default_factory=dict)
+    #: the "Attributions and robustifiers" tables (:class:`salign.report.attributions.AttributionSummary`),
+    #: None for a run without attribution columns and without adversarial-training arms
+    attributions: Any = None
 
 
 def render(
@@ -91,6 +98,11 @@ def render(
     figures: bool | None = None,
 ) -> Report:
     """Compute T1, draw P1–P8 and write ``summary.csv``, ``summary.md``, ``figures/`` and ``report.html``.
+
+    A run with attribution columns (``evaluation.attributions``, ``evaluation.boundary``) or
+    adversarial-training arms also gets ``attributions.csv`` (when it has attribution columns),
+    ``arms.csv``, figures P9/P10, their reading and the report section "Attributions and
+    robustifiers" (:mod:`salign.report.attributions`).
 
     Args:
         run_dir: a run directory with finished evaluations (``eval/<model>.csv`` + ``.json``).
@@ -107,7 +119,7 @@ def render(
     from salign.report.html import render_html, write_html
     from salign.report.interactive import IMAGE_MB, PAGE_MB, interactive_html
     from salign.report.markdown import summary_markdown
-    from salign.report.reading import reading, trend_checks
+    from salign.report.reading import attribution_reading, reading, trend_checks
     from salign.report.tables import summary_table
 
     run = load_run(run_dir)
@@ -138,6 +150,11 @@ def render(
         sentences += reading(summary, level=level, norm=p, label=several, accuracy=i == 0)
         if len(run.models) > 1:
             checks.update({k + sfx: v for k, v in trend_checks(summary).items()})
+    attributions, attr_section, attr_figures = _render_attributions(
+        run, n_bootstrap=n_bootstrap, seed=seed, level=level, figures=figures
+    )
+    if attributions is not None:
+        sentences += attribution_reading(attributions)
     first = norms[0]
     summary_path = root / summary_file(first)
     config_text = (root / CONFIG_FILE).read_text(encoding="utf-8") if (root / CONFIG_FILE).is_file() else ""
@@ -146,7 +163,14 @@ def render(
     def page_with_images(image_mb: float) -> str:
         section = interactive_html(explore, image_mb=image_mb)
         return render_html(
-            run, summaries, written, sentences, config_text=config_text, checks=checks, interactive=section
+            run,
+            summaries,
+            written,
+            sentences,
+            config_text=config_text,
+            checks=checks,
+            interactive=section,
+            attributions=attr_section,
         )
 
     # The sample images get report.interactive_mb, or what the rest of the page leaves of PAGE_MB.
@@ -155,5 +179,44 @@ def render(
     if image_mb > 0:
         page = page_with_images(image_mb)
     html_path = write_html(root / REPORT_FILE, page)
-    write_text_atomic(root / SUMMARY_MD_FILE, summary_markdown(run, summaries, sentences, checks))
-    return Report(html_path, summary_path, written, summaries[first], sentences, checks, summaries)
+    write_text_atomic(
+        root / SUMMARY_MD_FILE, summary_markdown(run, summaries, sentences, checks, attributions)
+    )
+    return Report(
+        html_path,
+        summary_path,
+        {**written, **attr_figures},
+        summaries[first],
+        sentences,
+        checks,
+        summaries,
+        attributions,
+    )
+
+
+def _render_attributions(
+    run: RunData, *, n_bootstrap: int, seed: int, level: float, figures: bool
+) -> tuple[Any, str, dict[str, Path]]:
+    """The "Attributions and robustifiers" part of :func:`render`: writes ``attributions.csv``,
+    ``arms.csv`` (removing stale ones the run no longer has) and P9/P10; returns the
+    AttributionSummary (None when the run has no such columns or arms), the HTML section and the
+    figures."""
+    from salign._io import atomic_open
+    from salign.report.attributions import ARMS_FILE, ATTRIBUTIONS_FILE, attribution_summary
+    from salign.report.figures import ATTRIBUTION_FIGURES, save_figures
+    from salign.report.html import attributions_html
+
+    summary = attribution_summary(run, n_bootstrap=n_bootstrap, seed=seed, level=level)
+    tables = (summary.attributions, summary.arms) if summary is not None else (None, None)
+    for name, table in zip((ATTRIBUTIONS_FILE, ARMS_FILE), tables, strict=True):
+        if table is None:  # a stale table of an earlier render of this directory
+            (run.run_dir / name).unlink(missing_ok=True)
+            continue
+        with atomic_open(run.run_dir / name, "w", encoding="utf-8", newline="") as fh:
+            table.to_csv(fh, index=False)
+    if summary is None:
+        return None, "", {}
+    drawn = (
+        save_figures(run, summary, run.run_dir / FIGURES_DIR, figures=ATTRIBUTION_FIGURES) if figures else {}
+    )
+    return summary, attributions_html(summary, drawn), drawn

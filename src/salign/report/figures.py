@@ -19,7 +19,7 @@ import numpy as np
 
 from salign._io import atomic_path
 from salign.report import columns as C
-from salign.report._deps import require_pyplot
+from salign.report._deps import require_pandas, require_pyplot
 from salign.report.rundata import ModelResult, RunData
 from salign.report.stats import spearman, spread
 
@@ -685,6 +685,199 @@ FIGURES: dict[str, Callable[..., Any]] = {
 }
 
 
+# ---------------------------------------------------------------------------------------------
+# P9, P10: attribution methods and robustifiers (salign.report.attributions; drawn from an
+# AttributionSummary instead of T1)
+
+#: Colours of the robustifiers in P10 (the sweep's gradient penalty, the adversarial trainers).
+ROBUSTIFIER_COLORS = {"gradient penalty": "tab:blue", "pgd_l2": "tab:red", "ddn": "tab:green"}
+_MORE_COLORS = ("tab:purple", "tab:brown", "tab:olive", "tab:cyan")
+
+
+def _ci_err(rows: Any, prefix: str) -> np.ndarray:
+    """Asymmetric error bars (2, k) from ``<prefix>_median``, ``_low``, ``_high`` (0 where NaN)."""
+    med = rows[prefix + "_median"].to_numpy(dtype=float)
+    err = np.stack(
+        [
+            med - rows[prefix + "_low"].to_numpy(dtype=float),
+            rows[prefix + "_high"].to_numpy(dtype=float) - med,
+        ]
+    )
+    return np.where(np.isfinite(err), np.maximum(err, 0.0), 0.0)
+
+
+def figure_quality_vs_lambda(run: RunData, summary: Any = None) -> Any:
+    """P9: median saliency quality (rank correlation with the image, stroke lift) of every
+    attribution method against λ, with the bootstrap intervals of the medians as error bars.
+
+    ``summary``: an :class:`~salign.report.attributions.AttributionSummary`; None when the run
+    has no attribution columns or fewer than two sweep models."""
+    table = getattr(summary, "attributions", None)
+    if table is None or not len(table):
+        return None
+    sweep = table[table["arm"] == "sweep"]
+    panels = [
+        (q, label)
+        for q, label in (
+            ("rank_correlation", "median rank correlation of |map| with the image"),
+            ("stroke_lift", "median stroke lift (1 = chance)"),
+        )
+        if q + "_median" in sweep
+    ]
+    if len(set(sweep["model"])) < 2 or not panels:
+        return None
+    plt = require_pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.6), squeeze=False)
+    lams = sorted(set(sweep["lambda"]))
+    cmap = plt.get_cmap("tab10")
+    for ax, (q, label) in zip(axes[0], panels, strict=True):
+        methods = list(dict.fromkeys(sweep["method"]))
+        bases = list(dict.fromkeys(m.removeprefix("boundary_") for m in methods))
+        for method in methods:
+            rows = sweep[sweep["method"] == method].sort_values("lambda")
+            if not np.isfinite(rows[q + "_median"].to_numpy(dtype=float)).any():
+                continue
+            # a boundary map: the colour of its map at x, dashed
+            boundary = method.startswith("boundary_")
+            i = bases.index(method.removeprefix("boundary_"))
+            ax.errorbar(
+                rows["lambda"],
+                rows[q + "_median"],
+                yerr=_ci_err(rows, q),
+                marker="s" if boundary else "o",
+                ls="--" if boundary else "-",
+                color=cmap(i % 10),
+                capsize=3,
+                lw=1.4,
+                ms=5,
+                label=method,
+            )
+        _symlog_lambda(ax, lams)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.25)
+        ax.legend(fontsize=7)
+    titles = {
+        "rank_correlation": "rank correlation (threshold-free; 1 = |map| ranks like the image)",
+        "stroke_lift": "stroke lift: share of |map| on the strokes ÷ their area",
+    }
+    return _finish_panels(
+        fig,
+        [titles[q] for q, _ in panels],
+        f"P9 Saliency quality vs λ per attribution method (bars: {_level(summary)}% bootstrap CI of the median)",
+    )
+
+
+def _level(summary: Any) -> int:
+    return round(100 * getattr(summary, "level", 0.95))
+
+
+def _finish_panels(fig: Any, titles: list[str], suptitle: str) -> Any:
+    """Panel titles, the figure's title and a tight layout below it."""
+    for ax, title in zip(fig.axes, titles, strict=False):
+        ax.set_title(title, fontsize=10)
+    fig.suptitle(suptitle, fontsize=11)
+    fig.tight_layout(rect=(0, 0, 1, 0.94))
+    return fig
+
+
+def _robustifier_lines(arms: Any) -> list[tuple[str, Any]]:
+    """(robustifier, rows in order) per line of P10: the sweep in λ order, each adversarial method
+    in ε order starting at the λ = 0 model when there is one."""
+    sweep = arms[arms["arm"] == "sweep"].sort_values("lambda")
+    lines = [("gradient penalty", sweep)] if len(sweep) else []
+    origin = sweep[sweep["lambda"] == 0]
+    adversarial = arms[arms["arm"] == "adversarial"]
+    for method in dict.fromkeys(adversarial["robustifier"]):
+        rows = adversarial[adversarial["robustifier"] == method].sort_values("parameter")
+        lines.append((str(method), require_pandas().concat([origin.iloc[:1], rows], ignore_index=True)))
+    return lines
+
+
+def figure_matched_robustness(run: RunData, summary: Any = None) -> Any:
+    """P10: median α against median ρ, one point per model and one line per robustifier (the
+    gradient-penalty sweep in λ order, each adversarial-training method in ε order from the
+    undefended λ = 0 model), listed models as labelled markers; error bars: the bootstrap
+    intervals of both medians. A second panel shows the gradient map's median rank correlation
+    with the image instead of α, when evaluated."""
+    arms = getattr(summary, "arms", None)
+    if arms is None or len(arms) < 2 or "rho_median" not in arms or "alpha_median" not in arms:
+        return None
+    plt = require_pyplot()
+    panels = [("alpha", "median α (gradient)")]
+    if "quality_median" in arms and np.isfinite(arms["quality_median"].to_numpy(dtype=float)).any():
+        panels.append(("quality", "median rank correlation of |∇Ψ| with the image"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 5.0), squeeze=False)
+    extra = iter(_MORE_COLORS * 4)
+    colors = dict(ROBUSTIFIER_COLORS)
+    for ax, (q, label) in zip(axes[0], panels, strict=True):
+        for name, rows in _robustifier_lines(arms):
+            color = colors.setdefault(name, next(extra))
+            ax.errorbar(
+                rows["rho_median"],
+                rows[q + "_median"],
+                xerr=_ci_err(rows, "rho"),
+                yerr=_ci_err(rows, q),
+                marker="o",
+                color=color,
+                capsize=3,
+                lw=1.5,
+                ms=6,
+                label=name,
+            )
+            for _, r in rows.iterrows():
+                if name != "gradient penalty" and r["arm"] == "sweep":
+                    continue  # the common origin, labelled by the sweep's line
+                text = f"λ={r['lambda']:g}" if r["arm"] == "sweep" else f"ε={r['parameter']:g}"
+                ax.annotate(
+                    text,
+                    (r["rho_median"], r[q + "_median"]),
+                    textcoords="offset points",
+                    xytext=(5, -11),
+                    fontsize=7,
+                    color=color,
+                )
+        others = arms[~arms["arm"].isin(["sweep", "adversarial"])]
+        for i, (_, r) in enumerate(others.iterrows()):
+            one = others.iloc[i : i + 1]
+            ax.errorbar(
+                one["rho_median"],
+                one[q + "_median"],
+                xerr=_ci_err(one, "rho"),
+                yerr=_ci_err(one, q),
+                marker="D",
+                ms=7,
+                ls="none",
+                color=LISTED_COLORS[(i + 3) % len(LISTED_COLORS)],
+                mec="black",
+                capsize=3,
+                label=f"{r['model']} ({r['arm']})",
+            )
+            ax.annotate(
+                str(r["model"]),
+                (r["rho_median"], r[q + "_median"]),
+                textcoords="offset points",
+                xytext=(6, 4),
+                fontsize=8,
+            )
+        ax.set_xlabel(f"median ρ ({C.norm_label(run.norm)} distance to the nearest adversarial example)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.25)
+        ax.legend(fontsize=8)
+    return _finish_panels(
+        fig,
+        ["alignment at matched robustness", "saliency quality at matched robustness"],
+        f"P10 Robustifiers compared at matched robustness (bars: {_level(summary)}% bootstrap CIs of the medians)",
+    )
+
+
+#: File stem -> figure function of the "Attributions and robustifiers" section (drawn from an
+#: AttributionSummary by ``save_figures(..., figures=ATTRIBUTION_FIGURES)``).
+ATTRIBUTION_FIGURES: dict[str, Callable[..., Any]] = {
+    "p9_quality_vs_lambda": figure_quality_vs_lambda,
+    "p10_matched_robustness": figure_matched_robustness,
+}
+
+
 def save_figure(fig: Any, path: str | os.PathLike[str], *, dpi: int = DPI) -> Path:
     """Write ``fig`` as a PNG atomically and close it."""
     plt = require_pyplot()
@@ -704,12 +897,15 @@ def save_figures(
     *,
     names: tuple[str, ...] | None = None,
     suffix: str = "",
+    figures: dict[str, Callable[..., Any]] | None = None,
 ) -> dict[str, Path]:
     """Draw every figure the run supports (or only ``names``) into ``out_dir/<name><suffix>.png``
-    (``suffix``: the norm's, for a run of :meth:`RunData.for_norm`); returns name + suffix -> path."""
+    (``suffix``: the norm's, for a run of :meth:`RunData.for_norm`); returns name + suffix -> path.
+    ``figures``: the figures to draw (default :data:`FIGURES`, P1–P8 from T1;
+    :data:`ATTRIBUTION_FIGURES` with an AttributionSummary as ``summary``)."""
     out = Path(out_dir)
     written: dict[str, Path] = {}
-    for name, draw in FIGURES.items():
+    for name, draw in (FIGURES if figures is None else figures).items():
         if names is not None and name not in names:
             continue
         fig = draw(run, summary)
@@ -719,4 +915,12 @@ def save_figures(
     return written
 
 
-__all__ = ["FIGURES", "NORM_FIGURES", "model_colors", "saliency_to_image", "save_figure", "save_figures"]
+__all__ = [
+    "ATTRIBUTION_FIGURES",
+    "FIGURES",
+    "NORM_FIGURES",
+    "model_colors",
+    "saliency_to_image",
+    "save_figure",
+    "save_figures",
+]

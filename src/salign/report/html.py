@@ -48,6 +48,15 @@ FIGURE_CAPTIONS = {
     "p6_bias_histograms": "P6 — effective bias β_{j*}, its slack relative to ρ̃, and the homogeneous fraction.",
     "p7_rival_agreement": "P7 — agreement of the rival classes j*, runner-up and attack class; best attack.",
     "p8_linear_sanity": "P8 — exact linear cases of the theory.",
+    "p9_quality_vs_lambda": "P9 — saliency quality of each attribution method across the λ sweep: median rank "
+    "correlation of |map| with the image and median stroke lift (share of |map| on the digit's strokes ÷ their "
+    "area; 1 = chance), bars = bootstrap intervals of the medians; boundary_* methods (dashed) are the maps at "
+    "the boundary point x_b. Quality compares models for one method, not methods with each other "
+    '(docs/theory.md, "Saliency quality").',
+    "p10_matched_robustness": "P10 — robustifiers at matched robustness: median α (and the gradient map's median "
+    "rank correlation with the image) against median ρ, one point per model; the gradient-penalty sweep joined "
+    "in λ order, each adversarial-training method in ε order from the λ = 0 model; diamonds = listed models; "
+    "bars = bootstrap intervals of both medians. At equal ρ, a higher line buys more alignment per unit ρ.",
 }
 
 _CSS = """
@@ -103,6 +112,15 @@ def _fmt(value: Any, digits: int = 3) -> str:
             return "∞"
         return f"{value:.{digits}g}"
     return str(value)
+
+
+def sig3(value: Any) -> str:
+    """A number with 3 significant digits, trailing zeros kept (2.00, 0.0450, 1.50e+03; – for
+    NaN or None): the numbers of the attribution tables and their reading."""
+    if value is None or not np.isfinite(value):
+        return "–" if value is None or math.isnan(value) else _fmt(value)
+    text = f"{value:#.3g}"
+    return text[:-1] if text.endswith(".") else text
 
 
 def _cell(row: Any, col: str) -> str:
@@ -181,6 +199,128 @@ def figure_caption(name: str) -> str:
     return FIGURE_CAPTIONS.get(name, name)
 
 
+def _median_cell(row: Any, prefix: str) -> str:
+    """``0.123 [0.101, 0.145]`` from ``<prefix>_median``/``_low``/``_high`` (– when absent or NaN)."""
+    v = row.get(prefix + "_median", float("nan"))
+    if v is None or not np.isfinite(v):
+        return "–"
+    return f"{sig3(v)} [{sig3(row.get(prefix + '_low'))}, {sig3(row.get(prefix + '_high'))}]"
+
+
+def _corr_cell(row: Any, key: str) -> str:
+    v = row.get(key, float("nan"))
+    if v is None or not np.isfinite(v):
+        return "–"
+    return f"{v:.2f} [{row[key + '_low']:.2f}, {row[key + '_high']:.2f}]"
+
+
+def attribution_tables(summary: Any) -> list[tuple[str, list[str], list[list[str]]]]:
+    """The section's tables as plain text cells, (title, headers, rows), for the HTML page and
+    summary.md: the arms (median ρ, α and gradient quality per model), the attribution methods
+    (medians [interval] per model × method) and the boundary attributions."""
+    from salign.report.attributions import BOUNDARY_METHOD, COMPLETENESS_GAP
+
+    out = []
+    pct = f"{round(summary.level * 100)}%"
+    arms = summary.arms
+    heads = ["model", "robustifier", "λ or ε", "N", f"median ρ [{pct} CI]", f"median α [{pct} CI]"]
+    show_quality = "quality_median" in arms
+    if show_quality:
+        heads.append("median rank corr. of |∇Ψ| [CI]")
+    rows = []
+    for _, r in arms.iterrows():
+        d = r.to_dict()
+        cells = [str(d["model"]), str(d["robustifier"]), _fmt(d["parameter"]), _fmt(d["n"])]
+        cells += [_median_cell(d, "rho"), _median_cell(d, "alpha")]
+        if show_quality:
+            cells.append(_median_cell(d, "quality"))
+        rows.append(cells)
+    out.append(("Arms: robustness, alignment and saliency quality per model", heads, rows))
+    table = summary.attributions
+    if table is None or not len(table):
+        return out
+    methods = table[table["method"] != BOUNDARY_METHOD]
+    if len(methods):
+        quantities = [
+            ("alignment", "α"),
+            ("alignment_binarized", "α_bin"),
+            ("stroke_mass", "stroke mass"),
+            ("stroke_lift", "stroke lift"),
+            ("rank_correlation", "rank corr."),
+        ]
+        quantities = [(q, h) for q, h in quantities if q + "_median" in methods]
+        heads = ["model", "method"] + [f"median {h} [CI]" for _, h in quantities]
+        with_corr = "spearman_alignment_rho" in methods
+        if with_corr:
+            heads.append(f"Spearman(α_m, ρ) [{pct} CI]")
+        rows = []
+        for _, r in methods.iterrows():
+            d = r.to_dict()
+            cells = [str(d["model"]), str(d["method"])] + [_median_cell(d, q) for q, _ in quantities]
+            if with_corr:
+                cells.append(_corr_cell(d, "spearman_alignment_rho"))
+            rows.append(cells)
+        out.append(("Attribution methods: medians per model and method", heads, rows))
+    boundary = table[table["method"] == BOUNDARY_METHOD]
+    if len(boundary):
+        cols = [
+            ("boundary_cosine", "cos(−∇f(x), x_b − x)"),
+            ("boundary_alignment", "α of x, boundary map"),
+            ("alignment_at_boundary", "α at x_b"),
+            ("boundary_ig_alignment", "α of boundary IG"),
+        ]
+        cols = [(c, h) for c, h in cols if c + "_median" in boundary]
+        gap = f"{COMPLETENESS_GAP}_max_abs"
+        heads = ["model", "attack failed"] + [f"median {h} [CI]" for _, h in cols]
+        if gap in boundary:
+            heads.append("max |completeness gap|")
+        rows = []
+        for _, r in boundary.iterrows():
+            d = r.to_dict()
+            failed = d.get("boundary_failed_rate", float("nan"))
+            cells = [str(d["model"]), "–" if not np.isfinite(failed) else f"{100 * failed:.1f}%"]
+            cells += [_median_cell(d, c) for c, _ in cols]
+            if gap in boundary:
+                cells.append(sig3(d.get(gap)))
+            rows.append(cells)
+        out.append(("Boundary attributions (at the attack's boundary point x_b)", heads, rows))
+    return out
+
+
+def _figure_html(name: str, path: Path) -> str:
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return (
+        f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,{data}'>"
+        f"<figcaption>{math_html(figure_caption(name))}</figcaption></figure>"
+    )
+
+
+def attributions_html(summary: Any, figures: dict[str, Path]) -> str:
+    """The "Attributions and robustifiers" section: its tables and figures P9, P10
+    (``summary``: an :class:`~salign.report.attributions.AttributionSummary`)."""
+    parts = ["<h2>Attributions and robustifiers</h2>"]
+    for title, heads, rows in attribution_tables(summary):
+        head = "".join(f"<th>{math_html(h)}</th>" for h in heads)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>" for cells in rows
+        )
+        parts.append(
+            f"<h3>{math_html(title)}</h3><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        )
+    parts.append(
+        "<p class='sub'>"
+        + math_html(
+            "Medians over the evaluated images with seeded bootstrap percentile intervals; α_m and α_bin of a "
+            "method m score its map of the predicted logit (binarized: against the rival j*); stroke mass, stroke "
+            "lift and rank correlation measure how much |map| looks like the digit (docs/theory.md, "
+            '"Saliency quality"). The full table is attributions.csv, the arms arms.csv.'
+        )
+        + "</p>"
+    )
+    parts += [_figure_html(name, path) for name, path in figures.items()]
+    return "\n".join(parts)
+
+
 def render_html(
     run: RunData,
     summary: Any,
@@ -190,12 +330,15 @@ def render_html(
     config_text: str = "",
     checks: dict[str, bool] | None = None,
     interactive: str = "",
+    attributions: str = "",
 ) -> str:
     """Assemble the report page (a string) with every figure inlined as a data URI.
 
     ``summary``: table T1, or ``{norm: T1}`` for a study of several norms (one table each).
     ``interactive``: the "Explore samples" section (:func:`salign.report.interactive.interactive_html`),
-    placed after the tables.
+    placed after the tables. ``attributions``: the "Attributions and robustifiers" section
+    (:func:`attributions_html`), placed before it; empty for a run without attribution columns
+    and adversarial arms.
     """
     from salign.report.columns import norm_label
 
@@ -243,16 +386,12 @@ def render_html(
             )
         parts.append(f"<p class='sub'>{math_html(caption)}</p>")
         parts.append(f"<details><summary>all T1 columns</summary>{full_table_html(table)}</details>")
+    if attributions:
+        parts.append(attributions)
     if interactive:
         parts += ["<h2>Explore samples</h2>", interactive]
     parts.append("<h2>Figures</h2>")
-    for name, path in figures.items():
-        data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-        caption = figure_caption(name)
-        parts.append(
-            f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,{data}'>"
-            f"<figcaption>{math_html(caption)}</figcaption></figure>"
-        )
+    parts += [_figure_html(name, path) for name, path in figures.items()]
     parts.append("<h2>Run</h2>")
     if versions:
         vrows = "".join(

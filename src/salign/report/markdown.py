@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from salign.report.html import MAIN_COLUMNS, _cell, as_summaries
+from salign.report.html import MAIN_COLUMNS, _cell, as_summaries, attribution_tables
 from salign.report.rundata import RunData
 
 
@@ -15,11 +15,21 @@ def _plain(cell: str) -> str:
     return cell
 
 
+def _md(cell: str) -> str:
+    return cell.replace("|", "\\|")
+
+
 def summary_markdown(
-    run: RunData, summary: Any, sentences: list[str], checks: dict[str, bool] | None = None
+    run: RunData,
+    summary: Any,
+    sentences: list[str],
+    checks: dict[str, bool] | None = None,
+    attributions: Any = None,
 ) -> str:
     """The reading (bullets), the checks and table T1's main columns (one table per norm, for
-    ``summary`` = ``{norm: T1}``) as Markdown."""
+    ``summary`` = ``{norm: T1}``) as Markdown; with ``attributions`` (an
+    :class:`~salign.report.attributions.AttributionSummary`), the tables of the "Attributions and
+    robustifiers" section after T1."""
     from salign.report.columns import norm_label
 
     summaries = as_summaries(summary)
@@ -41,4 +51,15 @@ def summary_markdown(
         for _, row in table.iterrows():
             r = row.to_dict()
             lines.append("| " + " | ".join(_plain(_cell(r, c)) for c, _ in cols) + " |")
+    if attributions is not None:
+        lines += ["", "### Attributions and robustifiers"]
+        for title, heads, rows in attribution_tables(attributions):
+            lines += [
+                "",
+                f"{title}:",
+                "",
+                "| " + " | ".join(map(_md, heads)) + " |",
+                "|" + "---|" * len(heads),
+            ]
+            lines += ["| " + " | ".join(map(_md, cells)) + " |" for cells in rows]
     return "\n".join(lines) + "\n"

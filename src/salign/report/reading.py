@@ -9,6 +9,7 @@ import numpy as np
 
 from salign._norms import dual_exponent
 from salign.report.columns import norm_label
+from salign.report.html import sig3 as _g3
 from salign.report.tables import POOLED
 
 
@@ -178,3 +179,212 @@ def trend_checks(summary: Any) -> dict[str, bool]:
         sub = pooled if len(pooled) else everyone
         checks["t4_holds_everywhere"] = bool((sub["t4_holds"] == sub["t4_n"]).all())
     return checks
+
+
+# ---------------------------------------------------------------------------------------------
+# Attribution methods, boundary attributions and robustifiers (the "Attributions and
+# robustifiers" section; salign.report.attributions)
+
+#: Quantities of an attribution method read against λ: (table prefix, name in the sentence).
+_TREND_QUANTITIES = (
+    ("alignment", "median α"),
+    ("rank_correlation", "median rank correlation with the image"),
+    ("stroke_lift", "median stroke lift"),
+)
+
+
+def _g3s(value: float) -> str:
+    """:func:`~salign.report.html.sig3` with a sign."""
+    return ("+" if value >= 0 else "") + _g3(value)
+
+
+def _median_ci(row: Any, prefix: str) -> str:
+    """``0.123 [0.101, 0.145]``: a median and its interval, 3 significant digits."""
+    return f"{_g3(row[prefix + '_median'])} [{_g3(row[prefix + '_low'])}, {_g3(row[prefix + '_high'])}]"
+
+
+def _has(rows: Any, prefix: str) -> bool:
+    key = prefix + "_median"
+    return key in rows and bool(np.isfinite(rows[key].to_numpy(dtype=float)).all())
+
+
+def _trend_sentence(method: str, name: str, sweep: Any, prefix: str) -> str:
+    """Does ``name`` of ``method`` rise from the first to the last sweep model?"""
+    first, last = sweep.iloc[0], sweep.iloc[-1]
+    values = list(sweep[prefix + "_median"])
+    lam0, lam1 = f"λ={first['lambda']:g}", f"λ={last['lambda']:g}"
+    a, b = first[prefix + "_median"], last[prefix + "_median"]
+    at0, at1 = f"{_median_ci(first, prefix)} at {lam0}", f"{_median_ci(last, prefix)} at {lam1}"
+    if b > a and last[prefix + "_low"] > first[prefix + "_high"]:
+        return (
+            f"{method}: {name} rose from {at0} to {at1} ({_monotone(values)}; the intervals do not overlap)."
+        )
+    if b > a:
+        return (
+            f"{method}: {name} rose from {at0} to {at1} ({_monotone(values)}), but the intervals overlap: "
+            "not a clear rise."
+        )
+    how = "stayed level" if b == a else "fell"
+    return f"{method}: {name} did NOT rise with λ: {at0}, {at1} ({_monotone(values)}; it {how})."
+
+
+def attribution_reading(summary: Any) -> list[str]:
+    """Sentences on the attribution methods, the boundary attributions and the robustifiers.
+
+    ``summary`` is a :class:`~salign.report.attributions.AttributionSummary`. (i) per method:
+    do its α, rank correlation and stroke lift rise from the first to the last λ of the sweep
+    (with intervals; said plainly when they do not), and Spearman(α_m, ρ) pooled over the models;
+    (ii) the boundary cosine and whether the boundary map's quality exceeds the map's at x;
+    (iii) per adversarial-training arm, its median α (and quality) minus the gradient-penalty
+    line's at the arm's median ρ, or that the arm lies outside the sweep's ρ range.
+    """
+    from salign.report.attributions import BOUNDARY_METHOD
+
+    out: list[str] = []
+    pct = f"{round(summary.level * 100)}%"
+    table = summary.attributions
+    if table is not None and len(table):
+        out += _method_sentences(table, pct)
+        boundary = table[table["method"] == BOUNDARY_METHOD]
+        if len(boundary):
+            out += _boundary_sentences(table, boundary)
+    out += _arm_sentences(summary.comparisons, "α", pct)
+    out += _arm_sentences(
+        summary.quality_comparisons, "rank correlation of the gradient map with the image", pct
+    )
+    return out
+
+
+def _method_sentences(table: Any, pct: str) -> list[str]:
+    from salign.report.attributions import BOUNDARY_METHOD, SWEEP
+
+    out = []
+    methods = [m for m in dict.fromkeys(table["method"]) if m != BOUNDARY_METHOD]
+    for method in methods:
+        rows = table[(table["method"] == method) & (table["model"] != POOLED)]
+        sweep = rows[rows["arm"] == SWEEP].sort_values("lambda")
+        if len(sweep) >= 2:
+            out += [
+                _trend_sentence(method, name, sweep, prefix)
+                for prefix, name in _TREND_QUANTITIES
+                if _has(sweep, prefix)
+            ]
+        pooled = table[(table["method"] == method) & (table["model"] == POOLED)]
+        key = "spearman_alignment_rho"
+        if len(pooled) and key in pooled and np.isfinite(pooled.iloc[0][key]):
+            p = pooled.iloc[0]
+            verdict = (
+                "positive"
+                if p[key + "_low"] > 0
+                else ("negative" if p[key + "_high"] < 0 else "not distinguishable from 0")
+            )
+            out.append(
+                f"{method}: pooled over all {int(p[key + '_n'])} (image, model) pairs, Spearman(α_{method}, ρ) = "
+                f"{_g3(p[key])} [{_g3(p[key + '_low'])}, {_g3(p[key + '_high'])}] ({pct} bootstrap interval; {verdict})."
+            )
+    return out
+
+
+def _boundary_sentences(table: Any, boundary: Any) -> list[str]:
+    from salign.report.attributions import COMPLETENESS_GAP
+
+    out = []
+    models = boundary[boundary["model"] != POOLED]
+    pooled = boundary[boundary["model"] == POOLED]
+    ref = pooled.iloc[0] if len(pooled) else models.iloc[0]
+    if _has(boundary, "boundary_cosine"):
+        per_model = models["boundary_cosine_median"].to_numpy(dtype=float)
+        text = (
+            f"Boundary attributions: the cosine between −∇f(x) and the attack direction x_b − x has a median of "
+            f"{_median_ci(ref, 'boundary_cosine')}" + (" pooled over the models" if len(pooled) else "")
+        )
+        if len(models) > 1:
+            text += f" (per model {_g3(np.nanmin(per_model))} to {_g3(np.nanmax(per_model))})"
+        text += "; 1 would mean the attack walks straight down the gradient, as for a linear model."
+        out.append(text)
+    parts = []
+    for name, col in (
+        ("α of x under the boundary map", "boundary_alignment"),
+        ("α at x_b", "alignment_at_boundary"),
+        ("α of boundary IG", "boundary_ig_alignment"),
+    ):
+        if _has(pooled if len(pooled) else models, col):
+            parts.append(f"{name} {_median_ci(ref, col)}")
+    if parts:
+        out.append("Median " + ", ".join(parts) + ".")
+    gap = f"{COMPLETENESS_GAP}_max_abs"
+    if gap in ref and np.isfinite(ref[gap]):
+        out.append(f"Boundary IG completeness: the largest |Σ BIG − (f(x) − f(x_b))| is {_g3(ref[gap])}.")
+    for at_x, at_b in (
+        ("gradient", "boundary_gradient"),
+        ("integrated_gradients", "boundary_integrated_gradients"),
+    ):
+        text = _boundary_quality(table, at_x, at_b)
+        if text:
+            out.append(text)
+    return out
+
+
+def _boundary_quality(table: Any, at_x: str, at_b: str) -> str:
+    """Does the boundary map's rank correlation with the image exceed the map at x's, per model?"""
+    rows = table[table["model"] != POOLED]
+    x = rows[rows["method"] == at_x].set_index("model")
+    b = rows[rows["method"] == at_b].set_index("model")
+    key = "rank_correlation"
+    if key + "_median" not in table:
+        return ""
+    common = [
+        m
+        for m in x.index
+        if m in b.index and np.isfinite(x.loc[m, key + "_median"]) and np.isfinite(b.loc[m, key + "_median"])
+    ]
+    if not common:
+        return ""
+    higher = [m for m in common if b.loc[m, key + "_median"] > x.loc[m, key + "_median"]]
+    clear = [m for m in higher if b.loc[m, key + "_low"] > x.loc[m, key + "_high"]]
+    diffs = np.array([b.loc[m, key + "_median"] - x.loc[m, key + "_median"] for m in common])
+    if len(higher) == len(common):
+        verdict = f"exceeds the {at_x} map's at x in every model"
+    elif higher:
+        verdict = f"exceeds the {at_x} map's at x in only some models"
+    else:
+        verdict = f"does NOT exceed the {at_x} map's at x in any model"
+    return (
+        f"The {at_b} map's median rank correlation with the image {verdict}: higher in "
+        f"{len(higher)} of {len(common)} models ({len(clear)} with disjoint intervals), differences "
+        f"{_g3s(diffs.min())} to {_g3s(diffs.max())}."
+    )
+
+
+def _arm_sentences(comparisons: list[Any], name: str, pct: str) -> list[str]:
+    out = []
+    for c in comparisons:
+        head = f"{c.model} ({c.robustifier}, ε={c.parameter:g})"
+        lo, hi = c.rho_range
+        if not c.inside:
+            out.append(
+                f"{head}: its median ρ = {_g3(c.rho)} lies outside the sweep's ρ range [{_g3(lo)}, {_g3(hi)}], so "
+                f"its median {name} ({_g3(c.value)}) has no gradient-penalty model at matched robustness."
+            )
+            continue
+        verdict = {
+            "higher": "more than the gradient penalty at the same ρ",
+            "lower": "less than the gradient penalty at the same ρ",
+            "not distinguishable": "not distinguishable from the gradient penalty at the same ρ",
+        }[c.verdict]
+        out.append(
+            f"{head}: median {name} = {_g3(c.value)} at median ρ = {_g3(c.rho)}; the gradient-penalty line gives "
+            f"{_g3(c.reference)} there, a difference of {_g3s(c.difference)} [{_g3s(c.low)}, {_g3s(c.high)}] "
+            f"({pct} bootstrap interval): {verdict}."
+        )
+    for method in dict.fromkeys(c.robustifier for c in comparisons):
+        inside = [c for c in comparisons if c.robustifier == method and c.inside]
+        if not inside:
+            continue
+        counts = {v: sum(c.verdict == v for c in inside) for v in ("higher", "lower", "not distinguishable")}
+        out.append(
+            f"{method} against the gradient penalty at matched ρ ({name}): higher in {counts['higher']}, lower in "
+            f"{counts['lower']} and not distinguishable in {counts['not distinguishable']} of the {len(inside)} "
+            f"arm(s) inside the sweep's ρ range."
+        )
+    return out
