@@ -174,6 +174,9 @@ class Timings:
                 self.data = json.loads(self.path.read_text(encoding="utf-8"))
 
     def add(self, stage: str, seconds: float, key: str | None = None) -> None:
+        if self.enabled and self.path.is_file():  # another invocation may have added its own since
+            with contextlib.suppress(json.JSONDecodeError, OSError):
+                self.data = json.loads(self.path.read_text(encoding="utf-8"))
         if key is None:
             self.data[stage] = float(self.data.get(stage, 0.0)) + seconds
         else:
