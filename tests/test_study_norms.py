@@ -69,6 +69,19 @@ def test_norms_default_to_l2_and_round_trip() -> None:
     assert one_list.attacks.for_norm(1.0) == one_list.attacks.for_norm(INF) == ["fmn"]
 
 
+def test_unset_attack_names_are_robustness_default_ensemble_in_every_norm() -> None:
+    from salign.attacks.ensemble import DEFAULT_ATTACKS
+
+    data = _cfg(**{"evaluation.norms": [2, "inf", 1]})
+    data["attacks"].pop("names", None)
+    cfg = config_from_dict(data)  # a study in L∞ and L1 needs no attack list
+    assert cfg.attacks.names is None
+    for p in (2.0, INF, 1.0):
+        assert cfg.attacks.for_norm(p) == list(DEFAULT_ATTACKS[p])
+    assert "fab" in cfg.attacks.for_norm(2.0)  # FAB-T in L2, as robustness() runs it
+    assert config_from_dict(yaml.safe_load(yaml.safe_dump(cfg.to_dict()))) == cfg
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [

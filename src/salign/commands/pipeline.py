@@ -72,7 +72,11 @@ def register(app: typer.Typer) -> None:
         data_dir: str | None = typer.Option(None, "--data-dir", help="Directory of user-supplied data."),
         n: int = typer.Option(1000, "--n", min=1, help="Size of the seeded evaluation subset."),
         seed: int = typer.Option(0, "--seed", min=0, help="Seed of the evaluation subset."),
-        attacks: str = typer.Option("deepfool,ddn,fmn,alma", "--attacks", help="Comma-separated attacks."),
+        attacks: str | None = typer.Option(
+            None,
+            "--attacks",
+            help="Comma-separated attacks (default: salign.robustness's ensemble: deepfool, ddn, fmn, alma, fab).",
+        ),
         budget: str = typer.Option("standard", "--budget", help="fast | standard | thorough."),
         out: Path | None = typer.Option(
             None, "--out", help="Run directory (default: runs/eval-<checkpoint>)."
@@ -104,7 +108,12 @@ def register(app: typer.Typer) -> None:
                 "dataset": {"name": data, "split": split, "data_dir": data_dir},
                 "model": model,
                 "evaluation": {"n": n, "seed": seed},
-                "attacks": {"names": [a.strip() for a in attacks.split(",") if a.strip()], "budget": budget},
+                "attacks": {
+                    "names": None
+                    if attacks is None
+                    else [a.strip() for a in attacks.split(",") if a.strip()],
+                    "budget": budget,
+                },
             },
             source=" (from the command line)",
         )

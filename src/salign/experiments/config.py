@@ -425,12 +425,13 @@ class AttackConfig(_Strict):
 
     ``names`` is one list run in every norm of ``evaluation.norms`` (each attack must minimise
     every one of them), or a mapping norm → list, one ensemble per norm (``{2: [deepfool, ddn],
-    inf: [deepfool, fmn]}``; it must name exactly the evaluated norms).
+    inf: [deepfool, fmn]}``; it must name exactly the evaluated norms). Unset (the default):
+    :func:`salign.robustness`'s own ensemble for each norm (``DEFAULT_ATTACKS``: DeepFool, DDN,
+    FMN, ALMA and FAB-T in L2; DeepFool, FAB-T and FMN in L∞ and L1), so a study measures ρ as
+    the function does.
     """
 
-    names: list[str] | dict[str, list[str]] = Field(
-        default_factory=lambda: ["deepfool", "ddn", "fmn", "alma"]
-    )
+    names: list[str] | dict[str, list[str]] | None = None
     budget: Literal["fast", "standard", "thorough"] = "standard"
     steps: int | None = Field(default=None, ge=1)
     batch_size: int | None = Field(default=None, ge=1)
@@ -447,9 +448,11 @@ class AttackConfig(_Strict):
 
     @field_validator("names")
     @classmethod
-    def _known(cls, v: list[str] | dict[str, list[str]]) -> list[str] | dict[str, list[str]]:
+    def _known(cls, v: list[str] | dict[str, list[str]] | None) -> list[str] | dict[str, list[str]] | None:
         from salign.attacks.ensemble import ATTACKS
 
+        if v is None:
+            return v
         lists = v.values() if isinstance(v, dict) else [v]
         if any(len(names) == 0 for names in lists):
             raise ValueError("every list of attacks must name at least one attack")
@@ -460,6 +463,10 @@ class AttackConfig(_Strict):
 
     def for_norm(self, p: float) -> list[str]:
         """The attacks run to measure ρ in the norm ``p``."""
+        from salign.attacks.ensemble import DEFAULT_ATTACKS
+
+        if self.names is None:
+            return list(DEFAULT_ATTACKS[float(p)])
         if isinstance(self.names, dict):
             return list(self.names[str(norm_text(p))])
         return list(self.names)
@@ -468,6 +475,8 @@ class AttackConfig(_Strict):
         """ValueError (one line) unless every norm has attacks and every attack minimises its norm."""
         from salign.attacks.ensemble import ATTACKS
 
+        if self.names is None:
+            return
         if isinstance(self.names, dict):
             wanted = {str(norm_text(p)) for p in norms}
             if set(self.names) != wanted:

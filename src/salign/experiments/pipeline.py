@@ -409,7 +409,7 @@ def evaluate_stage_model(
         "lambda": lam,
         **({"arm": arm} if arm is not None else {}),
         "n": len(table),
-        "attacks": cfg.attacks.model_dump(mode="json")["names"],
+        "attacks": {str(norm_text(p)): cfg.attacks.for_norm(p) for p in ev.norms},
         "norms": [norm_text(p) for p in ev.norms],
         "budget": cfg.attacks.budget,
         "rival": ev.rival,
