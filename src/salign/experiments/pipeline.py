@@ -55,6 +55,7 @@ from salign.experiments.evaluate import (
     save_npz,
 )
 from salign.experiments.sharding import Shard, barrier, current_shard, gather_to_main, shard_bounds
+from salign.report.attributions import ARMS_FILE, ATTRIBUTIONS_FILE
 from salign.report.rundata import (
     CONFIG_FILE,
     EVAL_DIR,
@@ -130,7 +131,8 @@ def prepare_run_dir(
         if force and cfg_path.is_file():
             for name in (MODELS_DIR, EVAL_DIR, FIGURES_DIR):
                 shutil.rmtree(run_dir / name, ignore_errors=True)
-            for name in (SUMMARY_MD_FILE, REPORT_FILE, TIMINGS_FILE, *map(summary_file, NORMS)):
+            for name in (SUMMARY_MD_FILE, REPORT_FILE, TIMINGS_FILE, ATTRIBUTIONS_FILE, ARMS_FILE,
+                         *map(summary_file, NORMS)):  # fmt: skip
                 with contextlib.suppress(FileNotFoundError):
                     (run_dir / name).unlink()
         elif cfg_path.is_file():
