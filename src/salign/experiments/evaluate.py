@@ -262,6 +262,7 @@ def attribution_columns(
         for name in C.QUALITY_QUANTITIES:
             out[C.attribution_column(label, name)] = as_column(getattr(q, name))
 
+    plain_binarized: Tensor | None = None  # the binarized gradient map, if a listed method computed it
     for label, method, given in methods:
         options = attribution_options(given, x)
         logit_map = attribute(model, x, method, mode="logit", batch_size=batch_size, **options)
@@ -273,16 +274,25 @@ def attribution_columns(
             alignment(None, x, saliency=bin_map)
         )
         add_quality(label, logit_map)
+        if method == "gradient":
+            plain_binarized = bin_map
     if boundary is not None:
         b = boundary_attributions(model, x, boundary, batch_size=batch_size)
         for name, col in C.BOUNDARY_COLUMNS.items():
             out[col] = as_column(getattr(b, name))
         add_quality("boundary_gradient", b.saliency)
         add_quality("boundary_integrated_gradients", b.integrated_gradients)
-        reference = attribute(
-            model, x, "gradient", mode="binarized", rival=rival, candidates=candidates, batch_size=batch_size
-        )
-        add_quality("gradient_binarized", reference)
+        if plain_binarized is None:
+            plain_binarized = attribute(
+                model,
+                x,
+                "gradient",
+                mode="binarized",
+                rival=rival,
+                candidates=candidates,
+                batch_size=batch_size,
+            )
+        add_quality("gradient_binarized", plain_binarized)
     return out
 
 

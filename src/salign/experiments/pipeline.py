@@ -337,6 +337,7 @@ def evaluate_stage_model(
     t0 = time.perf_counter()
     chunk_starts = list(range(start, stop, ev.chunk_size))
     batches = (ev.batch_size, cfg.attacks.batch_size or ev.chunk_size)  # (analyze, attacks)
+    attributions = [(e.label, e.resolve(), e.options) for e in ev.attributions]
     for c0 in progress(chunk_starts, desc=f"evaluate {tag}", total=len(chunk_starts), quiet=quiet):
         c1 = min(c0 + ev.chunk_size, stop)
         part = parts / f"{c0:07d}-{c1:07d}.csv"
@@ -364,7 +365,7 @@ def evaluate_stage_model(
                     attack_batch_size=batches[1],
                     seed=cfg.seed * 1_000_003 + c0,
                     norms=ev.norms,
-                    attributions=[(e.label, e.resolve(), e.options) for e in ev.attributions],
+                    attributions=attributions,
                     boundary=ev.boundary,
                     quality_threshold=ev.quality_threshold,
                 )
