@@ -142,15 +142,16 @@ def test_fab_targeted_against_the_exact_mip_oracle(p: float) -> None:
 
 
 def test_fab_counts_its_passes() -> None:
-    """Every FAB step: 1 forward with its graph + (1 + candidates) backwards, 1 forward of the
-    new iterate; FAB-T: 2 backwards (label and target) per step, over targets × restarts."""
+    """Every FAB step: 1 forward with its graph + ``candidates`` backwards (the label against each
+    rival), 1 forward of the new iterate; FAB-T: 1 backward (target against label) per step, over
+    targets × restarts."""
     model, x, _ = linear_problem(n=4)
     n = len(x)
     res = fab(model, x, norm=math.inf, steps=10, candidates=2)
-    assert res.backwards == n * 10 * 3
+    assert res.backwards == n * 10 * 2
     assert res.forwards == n * (1 + 10 * 2 + 2)  # clean + steps + 2 verification
     res = fab(model, x, norm=1, steps=10, target_classes=3, restarts=2, line_search_steps=5)
-    assert res.backwards == n * 10 * 2 * 3 * 2
+    assert res.backwards == n * 10 * 1 * 3 * 2
     # clean + the ranking forward + steps × targets × restarts + line search + verification
     assert res.forwards == n * (1 + 1 + 10 * 2 * 3 * 2 + 5 + 2)
 

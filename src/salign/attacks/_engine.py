@@ -57,7 +57,7 @@ class Refinement:
         line_search_steps: bisection steps moving each best point onto the boundary along the
             segment from x (0: off).
         polish_steps: rounds of one DeepFool step from x with the gradients taken at the best
-            point, then a line search (each round: 1 forward, up to 10 backwards,
+            point, then a line search (each round: 1 forward, up to 9 backwards,
             ``line_search_steps`` forwards per sample; needs ``line_search_steps > 0``).
         levels: quantise adversarial points to this many levels (e.g. 256) and verify after
             quantisation.

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from salign._norms import dual_exponent
-from salign.attacks._model import label_and_rivals, logit_gradients
+from salign.attacks._model import label_and_rivals, margin_gradients
 from salign.attacks._ops import (
     adversarial,
     batch_view,
@@ -98,15 +98,16 @@ def project_on_boundary(
     ``f_k(b) + ⟨∇f_k(b), p − b⟩ = 0`` nearest in the Lp ``norm`` (distance |offset| / ‖w‖_q)
     among :data:`POLISH_RIVALS` rivals, by its minimal-Lp step (exact for linear models), with a
     small overshoot, clamped."""
-    b = boundary.detach()
-    with torch.no_grad():
-        logits = model(b)
-    classes = label_and_rivals(logits, labels, POLISH_RIVALS)
-    z, grads = logit_gradients(model, b, classes)
+    with torch.enable_grad():
+        b = boundary.detach().requires_grad_(True)
+        graph_logits = model(b)
+    classes = label_and_rivals(graph_logits.detach(), labels, POLISH_RIVALS)
+    z, w = margin_gradients(model, b, classes, (b, graph_logits))
+    b = b.detach()
     with torch.no_grad():
         zc = z.gather(1, classes)
         f = zc[:, 1:] - zc[:, :1]
-        w = torch.nan_to_num((grads[:, 1:] - grads[:, :1]).flatten(2), nan=0.0, posinf=0.0, neginf=0.0)
+        w = torch.nan_to_num(w.flatten(2), nan=0.0, posinf=0.0, neginf=0.0)
         w_sq = w.pow(2).sum(2)
         offset = f + (w * (x - b).flatten(1)[:, None, :]).sum(2)  # linearised f_k at x (< 0 there)
         dual = w_sq.sqrt() if norm == 2 else w.norm(p=dual_exponent(norm), dim=2)

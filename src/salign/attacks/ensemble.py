@@ -151,7 +151,7 @@ def tuned_attack(name: str, steps: int, *, norm: float = 2.0, **extra: Any) -> A
     :data:`TUNED`; its values were measured in L2: in L1 and L∞ the attacks keep the papers'
     defaults, with FMN's guarded search)."""
     if name == "deepfool":
-        return DeepFool(norm=norm, steps=min(DEEPFOOL_STEPS, max(steps, 1)))
+        return DeepFool(norm=norm, steps=min(DEEPFOOL_STEPS, max(steps, 1)), clamp_each_step=False)
     if name == "fab":
         targets, divisor = FAB_T[norm]
         return FAB(norm=norm, steps=max(steps // divisor, 10), **{"target_classes": targets, **extra})

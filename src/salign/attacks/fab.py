@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from salign._norms import NORMS, dual_exponent, parse_norm
 from salign.attacks._engine import Attack
-from salign.attacks._model import label_and_rivals, logit_gradients
+from salign.attacks._model import label_and_rivals, margin_gradients
 from salign.attacks._ops import adversarial, batch_view, box_hyperplane_step, check_positive, lp_norm
 from salign.attacks._tracker import Tracker
 from salign.attacks.result import AttackResult
@@ -47,8 +47,8 @@ class FAB(Attack):
 
     Attributes:
         norm: the Lp norm minimised: 2 (default), 1 or ``float("inf")``.
-        steps: iterations per restart (each: 2 forwards + ``1 + candidates`` backwards per
-            active sample; 2 backwards when targeted).
+        steps: iterations per restart (each: 2 forwards + ``candidates`` backwards per
+            active sample; 1 backward when targeted).
         restarts: runs per sample; the first from x (or ``start``), the others from random points.
         eta: overshoot η of the projections (1.05).
         alpha_max: largest weight α of the step from x (0.1).
@@ -147,11 +147,11 @@ class FAB(Attack):
                     classes = label_and_rivals(graph_logits.detach(), lab, self.candidates)
                 else:
                     classes = torch.stack([lab, targets[idx]], 1)
-                z, grads = logit_gradients(model, cur, classes, (leaf, graph_logits))
+                z, w = margin_gradients(model, cur, classes, (leaf, graph_logits))
                 with torch.no_grad():
                     zc = z.gather(1, classes)
                     f = zc[:, 1:] - zc[:, :1]  # f_s = Ψ_s − Ψ_y at x⁽ⁱ⁾
-                    w = torch.nan_to_num((grads[:, 1:] - grads[:, :1]).flatten(2))
+                    w = torch.nan_to_num(w.flatten(2))
                     dual = w.norm(p=q, dim=2)
                     dist = torch.where(dual > 1e-12, f.abs() / dual.clamp_min(1e-30), float("inf"))
                     s = dist.argmin(1)

@@ -1,0 +1,257 @@
+"""Attack cost at equal steps: each of our attacks against every peer that implements the same
+algorithm (adv-lib 0.2.8, foolbox 3.3.4, pyautoattack 0.2.0), and against the floor (issue 17).
+
+For each (attack, norm) the sides are: ours (the public call: validation, clean forward,
+iterations, two verification forwards), each installed peer with the same algorithm and the
+same number of steps, and, for the fixed-step attacks (DDN, FMN, ALMA), the **floor**: a bare
+loop of ``steps`` forward + backward passes of the same model on the same batch (no attack
+logic at all), which no implementation can beat. Repeats are interleaved, the order of the
+sides rotating every repeat; seconds are medians over the repeats and each ratio is the median
+of the per-repeat ratios (range in brackets). Model calls per sample and the median distance
+come from one more run of each side, counted by the same wrapper (``CountingModel``) and
+verified the same way (clip, re-forward).
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_attack_cost.py                 # every pair, 300 steps
+    .venv/bin/python benchmarks/bench_attack_cost.py --only "DDN L2,FMN L∞" --repeats 7
+
+Writes docs/benchmarks/attacks-cost.md (then ``python benchmarks/run_all.py --assemble``
+rebuilds docs/benchmarks.md). adv-lib is not in requirements-lock.txt: its dependency visdom
+builds from an sdist that needs setuptools < 70 (install with ``printf 'setuptools<70\\n' >
+b.txt; pip install --build-constraint b.txt adv-lib==0.2.8``); missing peers are left out
+with a message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import salign
+from bench_attacks import AA_NORMS, get_model, median, pname, run_peer
+from salign.attacks import ALMA, DDN, FAB, FMN, CarliniWagner, DeepFool
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "benchmarks" / "attacks-cost.md"
+
+Run = Any  # (model, x, labels) -> adversarial points (Tensor) or AttackResult
+
+
+def floor_loop(steps: int) -> Run:
+    """``steps`` forward + backward passes of the model on ``x + δ`` (cross-entropy, δ moved by a
+    tiny gradient step so that each pass sees a new input): the cost of the model calls alone."""
+
+    def run(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        delta = torch.zeros_like(x)
+        for _ in range(steps):
+            delta.requires_grad_(True)
+            loss = F.cross_entropy(model(x + delta), labels, reduction="sum")
+            (grad,) = torch.autograd.grad(loss, delta)
+            delta = (delta.detach() + 1e-4 * grad).clamp(-x, 1 - x)
+        return x + delta
+
+    return run
+
+
+def ours(attack: Any) -> Run:
+    return lambda m, x, y: attack(m, x, y, warn=False)
+
+
+def pairs(steps: int) -> dict[str, tuple[float, dict[str, Run]]]:
+    """``label -> (norm, {side: run})`` for every attack of ours and the installed peers that run
+    the same algorithm with the papers' defaults at ``steps`` steps (FAB: 100 iterations, one
+    untargeted run; DeepFool: 50 steps; C&W: 5 constants × steps/5 Adam steps, early abort on)."""
+    table: dict[str, tuple[float, dict[str, Run]]] = {}
+    cw_steps = max(10, steps // 5)
+    for norm in (2.0, math.inf, 1.0):
+        p = pname(norm)
+        table[f"FMN L{p}"] = (norm, {"ours": ours(FMN(norm=norm, steps=steps)), "floor": floor_loop(steps)})
+        table[f"FAB L{p}"] = (norm, {"ours": ours(FAB(norm=norm, steps=100))})
+        if norm != 1.0:
+            table[f"DeepFool L{p}"] = (norm, {"ours": ours(DeepFool(norm=norm, steps=50))})
+    table["DDN L2"] = (2.0, {"ours": ours(DDN(steps=steps)), "floor": floor_loop(steps)})
+    table["ALMA L2"] = (2.0, {"ours": ours(ALMA(steps=steps)), "floor": floor_loop(steps)})
+    table["C&W L2"] = (2.0, {"ours": ours(CarliniWagner(steps=cw_steps, binary_search_steps=5))})
+    try:
+        from adv_lib.attacks import alma, carlini_wagner_l2, ddn, df, fab, fmn
+
+        for norm in (2.0, math.inf, 1.0):
+            p = pname(norm)
+            table[f"FMN L{p}"][1]["adv-lib"] = lambda m, x, y, n=norm: fmn(m, x, y, norm=n, steps=steps)
+            table[f"FAB L{p}"][1]["adv-lib"] = lambda m, x, y, n=norm: fab(m, x, y, norm=n, n_iter=100)
+            if norm != 1.0:
+                table[f"DeepFool L{p}"][1]["adv-lib"] = lambda m, x, y, n=norm: df(m, x, y, norm=n, steps=50)
+        table["DDN L2"][1]["adv-lib"] = lambda m, x, y: ddn(m, x, y, steps=steps, levels=None)
+        table["ALMA L2"][1]["adv-lib"] = lambda m, x, y: alma(m, x, y, num_steps=steps)
+        table["C&W L2"][1]["adv-lib"] = lambda m, x, y: carlini_wagner_l2(
+            m, x, y, binary_search_steps=5, max_iterations=cw_steps
+        )
+    except ImportError:
+        print("adv-lib not installed: its columns are left out (see the module docstring)", file=sys.stderr)
+    try:
+        import foolbox as fb
+
+        def fool(attack: Any) -> Run:
+            return lambda m, x, y: attack(fb.PyTorchModel(m, bounds=(0, 1)), x, y, epsilons=None)[1]
+
+        fmns = {2.0: fb.attacks.L2FMNAttack, math.inf: fb.attacks.LInfFMNAttack, 1.0: fb.attacks.L1FMNAttack}
+        for norm, cls in fmns.items():
+            table[f"FMN L{pname(norm)}"][1]["foolbox"] = fool(cls(steps=steps))
+        table["DeepFool L2"][1]["foolbox"] = fool(fb.attacks.L2DeepFoolAttack(steps=50))
+        table["DeepFool L∞"][1]["foolbox"] = fool(fb.attacks.LinfDeepFoolAttack(steps=50))
+        table["DDN L2"][1]["foolbox"] = fool(fb.attacks.DDNAttack(steps=steps))
+        table["C&W L2"][1]["foolbox"] = fool(
+            fb.attacks.L2CarliniWagnerAttack(binary_search_steps=5, steps=cw_steps)
+        )
+    except ImportError:
+        print("foolbox not installed: its columns are left out", file=sys.stderr)
+    try:
+        from pyautoattack.fab_pt import FABAttack_PT
+
+        def aa_fab(norm: float) -> Run:
+            def run(m: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+                fab = FABAttack_PT(m, norm=AA_NORMS[norm], n_restarts=1, n_iter=100, eps=1e3, seed=0)
+                return fab.attack_single_run(x, y, use_rand_start=False, is_targeted=False)
+
+            return run
+
+        for norm in (2.0, math.inf, 1.0):
+            table[f"FAB L{pname(norm)}"][1]["pyautoattack"] = aa_fab(norm)
+    except ImportError:
+        print("pyautoattack not installed: its columns are left out", file=sys.stderr)
+    return table
+
+
+def adv_of(result: Any) -> torch.Tensor:
+    """The adversarial points of an AttackResult or of a peer's tensor."""
+    return result if isinstance(result, torch.Tensor) else result.adv
+
+
+def measure(
+    sides: dict[str, Run],
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    norm: float,
+    repeats: int,
+) -> tuple[dict[str, list[float]], dict[str, dict[str, Any]]]:
+    """Interleaved timings (side order rotating per repeat) and one counted, verified run per side."""
+    counted = {
+        side: run_peer(lambda cm, f=fn: adv_of(f(cm, x, labels)), model, x, labels, norm)
+        for side, fn in sides.items()
+    }
+    names = list(sides)
+    times: dict[str, list[float]] = {side: [] for side in names}
+    for rep in range(repeats):
+        for side in names[rep % len(names) :] + names[: rep % len(names)]:
+            start = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                sides[side](model, x, labels)
+            times[side].append(time.perf_counter() - start)
+    return times, counted
+
+
+def ratio(a: list[float], b: list[float]) -> str:
+    r = sorted(x / y for x, y in zip(a, b, strict=True))
+    return f"**{median(torch.tensor(r)):.3f}** ({r[0]:.3f}–{r[-1]:.3f})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--n", type=int, default=25)
+    parser.add_argument("--first", type=int, default=200, help="index of the first MNIST test image")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--only", type=str, default="", help='e.g. "DDN L2,FMN L∞" (default: every pair)')
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = get_model(0.0, 1)
+    for p in model.parameters():
+        p.requires_grad_(False)  # every side gets a model that needs input gradients only
+    x = salign.data.load("mnist", "test")[0][args.first : args.first + args.n]
+    with torch.no_grad():
+        labels = model(x).argmax(1)
+    table = pairs(args.steps)
+    only = [s.strip() for s in args.only.split(",")] if args.only else list(table)
+    peers = ("adv-lib", "foolbox", "pyautoattack")
+    rows = []
+    for label in only:
+        norm, sides = table[label]
+        times, counted = measure(sides, model, x, labels, norm, args.repeats)
+        sec = {side: median(torch.tensor(t)) for side, t in times.items()}
+        cells = [label, f"{sec['ours']:.2f}"]
+        for peer in peers:
+            cells.append(f"{sec[peer]:.2f} · {ratio(times['ours'], times[peer])}" if peer in sides else "–")
+        if "floor" in sides:
+            cells.append(f"{sec['floor']:.2f} · {ratio(times['ours'], times['floor'])}")
+            cells.append(ratio(times["adv-lib"], times["floor"]) if "adv-lib" in sides else "–")
+        else:
+            cells += ["–", "–"]
+        calls = " · ".join(
+            f"{counted[s]['forwards'] / len(x):.0f}/{counted[s]['backwards'] / len(x):.0f}"
+            for s in ("ours", *peers)
+            if s in sides
+        )
+        meds = " · ".join(
+            f"{median(counted[s]['distance']):.4f} ({float(torch.isfinite(counted[s]['distance']).float().mean()):.0%})"
+            for s in ("ours", *peers)
+            if s in sides
+        )
+        cells += [calls, meds]
+        rows.append("| " + " | ".join(cells) + " |")
+        print(rows[-1], file=sys.stderr, flush=True)
+    cmd = " ".join([".venv/bin/python benchmarks/bench_attack_cost.py", *sys.argv[1:]])
+    text = "\n".join(
+        [
+            "# Attacks: cost at equal steps against every peer, and against the floor (issue 17)",
+            "",
+            f"Command: `{cmd.strip()}`  ",
+            f"SmallNet plain (1 epoch), MNIST test images {args.first}–{args.first + args.n - 1}, "
+            f"{args.steps} steps (FAB: 100 iterations, DeepFool: 50 steps, C&W: 5 × {max(10, args.steps // 5)} "
+            f"steps), {args.repeats} repeats interleaved with the order rotating, {args.threads} thread(s); "
+            f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}, torch {torch.__version__}, "
+            f"{platform.processor() or platform.machine()}.",
+            "",
+            "Each peer cell is `seconds · ours ÷ peer`; the floor cell is `seconds · ours ÷ floor`, the "
+            "floor being a bare loop of the same number of forward + backward passes of the model on "
+            "the same batch, with no attack logic (what no implementation can beat). Ratios are medians "
+            "of the per-repeat ratios, range in brackets. Calls are forwards/backwards per sample (ours "
+            "first, then the peers in column order), from one counted run each, like the median "
+            "distances (success rate in brackets). Both sides run the paper's algorithm with its "
+            "defaults (ours without line search or polish; adv-lib's DDN without its 256-level "
+            "quantisation). Ours includes what its contract adds to the iterations: input validation, "
+            "the clean forward and the two verification forwards (3 forwards per sample).",
+            "",
+            "| attack | ours s | adv-lib s · ours ÷ it | foolbox s · ours ÷ it | pyautoattack s · ours ÷ it "
+            "| floor s · ours ÷ floor | adv-lib ÷ floor | calls fwd/bwd | median (success) |",
+            "|---|---|---|---|---|---|---|---|---|",
+            *rows,
+            "",
+        ]
+    )
+    print(text)
+    from salign._io import write_text_atomic
+
+    write_text_atomic(DOC, text + "\n")
+
+
+if __name__ == "__main__":
+    main()
