@@ -179,3 +179,35 @@ def test_fab_bad_options_are_named() -> None:
         FAB(alpha_max=2.0)
     with pytest.raises(InputError, match=r"unknown option\(s\) \['restart'\]"):
         fab(model, x, restart=3)
+
+
+def test_deepfool_l1_steps_within_the_box() -> None:
+    """A linear two-class model whose largest input weights sit on pixels already at 1: eq. 11's
+    one-coordinate L1 step lands on a saturated pixel, the clamp cuts it and DeepFool in the
+    paper's form never crosses; the default steps within the box (minimal-L1 by filling
+    coordinates by decreasing |w|) and reaches the exact box-constrained L1 distance in one step
+    within its overshoot (the exact value from scipy's LP)."""
+    from salign.attacks import deepfool
+
+    torch.manual_seed(0)
+    d = 30
+    w = torch.rand(d, dtype=torch.float64) + 0.1
+    w[:3] = torch.tensor([5.0, 4.0, 3.0], dtype=torch.float64)  # the strongest pixels
+    model = nn.Linear(d, 2).double()
+    with torch.no_grad():
+        model.weight.copy_(torch.stack([torch.zeros(d, dtype=torch.float64), w]))
+        model.bias.copy_(torch.tensor([20.0, 0.0], dtype=torch.float64))
+    x = torch.full((1, d), 0.05, dtype=torch.float64)
+    x[0, :3] = 1.0  # saturated: no room to raise them
+    assert int(model(x).argmax()) == 0
+    gap = float(model(x)[0, 0] - model(x)[0, 1])
+    exact = _reference_projection_norm(w.numpy(), gap, -x[0].numpy(), (1 - x[0]).numpy(), 1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        paper = deepfool(model, x, norm=1, clamp_each_step=False)
+        ours = deepfool(model, x, norm=1)
+    assert not bool(paper.success.any())
+    assert bool(ours.success.all())
+    # the overshoot ×1.02 only lengthens the coordinates that keep room (the rest are clamped)
+    assert exact * (1 - 1e-9) <= float(ours.distance[0]) <= exact * 1.02
+    assert ours.forwards == 1 + 2 + 2  # clean, the step's forward and the crossing one, 2 verification

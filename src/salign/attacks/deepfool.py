@@ -13,6 +13,7 @@ from salign.attacks._engine import Attack
 from salign.attacks._model import label_and_rivals, margin_gradients
 from salign.attacks._ops import (
     adversarial,
+    box_hyperplane_step,
     check_positive,
     lp_norm,
     minimal_step,
@@ -22,11 +23,19 @@ from salign.attacks.result import AttackResult
 
 
 def _nearest_linearised_step(
-    z: Tensor, w: Tensor, classes: Tensor, tracker: Tracker, idx: Tensor, norm: float
+    z: Tensor,
+    w: Tensor,
+    classes: Tensor,
+    tracker: Tracker,
+    idx: Tensor,
+    norm: float,
+    point: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The step r_i to the nearest linearised boundary in the Lp ``norm`` among ``classes``
     (label first) and the samples where every rival's gradient difference vanished (flagged,
-    no step)."""
+    no step). In L1 with the current ``point`` given, the step is the minimal-L1 one that stays
+    in the box (it fills the coordinates by decreasing |w| up to their room), instead of one
+    coordinate that the clamp would cut where it saturates."""
     zc = z.gather(1, classes)
     f = zc[:, 1:] - zc[:, :1]  # f_k = z_k − z_label < 0 while not adversarial
     w = w.flatten(2)  # w_k = ∇(z_k − z_label)
@@ -41,7 +50,12 @@ def _nearest_linearised_step(
     # |w_l|^{q−1} ⊙ sign(w_l) / ‖w_l‖_q^q): the 1e-4 is added to the distance and crosses the
     # boundary, as in the authors' code
     f_best, dual_best = f.abs().gather(1, best[:, None]), w_norm.gather(1, best[:, None])
-    r = (f_best + 1e-4 * dual_best) * minimal_step(w_best, norm)
+    gap = f_best + 1e-4 * dual_best
+    if norm == 1 and point is not None:
+        flat = point.flatten(1)
+        r = box_hyperplane_step(w_best, gap.squeeze(1), -flat, 1 - flat, 1.0)
+    else:
+        r = gap * minimal_step(w_best, norm)
     r[zero] = 0
     return r, zero
 
@@ -59,7 +73,9 @@ class DeepFool(Attack):
     authors' and foolbox's code), or (default, as in adv-lib) each step is taken from the current
     point with that factor and clamped to the box, so the next linearisation sees the pixels
     that saturated: fewer steps and smaller distances where the box binds (MNIST's zero
-    background; L1's one-coordinate steps). Exact in one step for (bias-free or not) linear
+    background), and in L1 the step is the minimal-L1 one within the box, filling coordinates by
+    decreasing |w| (the one-coordinate step of eq. 11 mostly lands on a saturated pixel and
+    never crosses). Exact in one step for (bias-free or not) linear
     models away from the box, cheap (a few steps), but usually 1.2–2× the minimal distance on
     deep networks: use it as an upper bound and as a warm start for the other attacks. The
     defaults are the paper's, but for ``clamp_each_step`` (the paper has no box).
@@ -115,7 +131,8 @@ class DeepFool(Attack):
             z, w = margin_gradients(model, point, classes, (leaf, graph_logits))
             z, w, classes = z[keep], w[keep], classes[keep]
             idx, point = idx[keep], point[keep]
-            r, zero = _nearest_linearised_step(z, w, classes, tracker, idx, self.norm)
+            box = point if self.clamp_each_step else None
+            r, zero = _nearest_linearised_step(z, w, classes, tracker, idx, self.norm, box)
             if self.clamp_each_step:
                 current[idx] = (point + (1 + self.overshoot) * r.view_as(point)).clamp(0, 1)
             else:
