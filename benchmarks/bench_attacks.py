@@ -438,13 +438,36 @@ def lp_cache(name: str, norm: float, steps: int, first: int) -> Path:
     )
 
 
+def current_commit() -> str:
+    """The short commit hash of the working tree (with ``+`` if it has uncommitted changes)."""
+    import subprocess
+
+    def git(*a: str) -> str:
+        return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    return git("rev-parse", "--short", "HEAD") + ("+" if git("status", "--porcelain", "src") else "")
+
+
 def bench_norm_chunk(
-    name: str, model: torch.nn.Module, x: torch.Tensor, norm: float, steps: int, key: str, path: Path
+    name: str,
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    norm: float,
+    steps: int,
+    key: str,
+    path: Path,
+    rerun_ours: bool = False,
 ) -> None:
     """Every run of the Lp ``norm`` on one chunk of images; each run's per-sample results are
-    cached as soon as it ends (a killed run resumes where it stopped)."""
+    cached as soon as it ends (a killed run resumes where it stopped), with the commit that
+    computed it. ``rerun_ours``: recompute our rows made at another commit (after a change of
+    the attacks; the peers' rows do not depend on our code)."""
     cache = json.loads(path.read_text()) if path.exists() else {}
     done = cache.setdefault(key, {})
+    commit = current_commit()
+    if rerun_ours:
+        for row in [r for r in done if r.startswith("ours") and done[r].get("commit") != commit]:
+            del done[row]
     with torch.no_grad():
         labels = model(x).argmax(1)
     runs: dict[str, Any] = {"ours robustness standard": lambda m, xx, y: run_ensemble(m, xx, y, norm, steps)}
@@ -455,6 +478,7 @@ def bench_norm_chunk(
         out = fn(model, x, labels)
         for row, r in (out if label == "ours robustness standard" else {label: out}).items():
             done[row] = {k: v.tolist() if isinstance(v, torch.Tensor) else v for k, v in r.items()}
+            done[row]["commit"] = commit
             print(
                 f"  {name} L{pname(norm)} {key} {row:34s} median {median(r['distance']):.4f} "
                 f"{r['seconds']:7.1f}s fwd/sample {r['forwards'] / len(x):7.1f}",
@@ -565,15 +589,18 @@ def main_norms(args: argparse.Namespace) -> None:
             for norm in norms:
                 x = x_all[first : first + args.chunk]
                 key = f"chunk {first} {args.chunk}"
-                bench_norm_chunk(
-                    name, models[name], x, norm, args.steps, key, lp_cache(name, norm, args.steps, 0)
-                )
+                path = lp_cache(name, norm, args.steps, 0)
+                bench_norm_chunk(name, models[name], x, norm, args.steps, key, path, args.rerun_ours)
     body: list[str] = []
     summary: list[str] = []
+    commits: dict[str, set[str]] = {"ours": set(), "peers": set()}
     for norm in norms:
         for name in names:
             path = lp_cache(name, norm, args.steps, 0)
             cache = json.loads(path.read_text()) if path.exists() else {}
+            for chunk in (v for k, v in cache.items() if k.startswith("chunk")):
+                for row, r in chunk.items():
+                    commits["ours" if row.startswith("ours") else "peers"].add(r.get("commit", "c5adfdc"))
             lines, s = norm_table(name, norm, cache, models[name], x_all, path)
             body += lines
             if s:
@@ -590,8 +617,13 @@ def main_norms(args: argparse.Namespace) -> None:
         "benchmarks/.cache/attacks_lp_*.json, chunk by chunk; `--assemble` rewrites this page "
         "from them).  ",
         f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; torch {torch.__version__}, "
-        f"{args.threads} thread(s), {platform.processor() or platform.machine()} (shared, loaded CPU: "
-        "timings are noisy).",
+        f"{args.threads} thread(s), {platform.processor() or platform.machine()}; our rows computed at "
+        f"commit {', '.join(sorted(commits['ours']))}, the peers' at {', '.join(sorted(commits['peers']))}. "
+        "The runs: one process per norm (`--norms inf` and `--norms 1`, with the other arguments "
+        "above but `--assemble`), side by side on 2 shared cores, so the seconds show where the "
+        "time goes, not what an idle core gives; the cost at equal steps is measured on its own in "
+        "docs/benchmarks/attacks-cost.md. `--rerun-ours` recomputes our rows after a change of the "
+        "attacks.",
         "",
         "The SmallNets of the L2 page above (plain and λ = 1), MNIST test images from "
         f"{args.first}, ρ away from the predicted class. `ours robustness standard` is "
@@ -600,7 +632,7 @@ def main_norms(args: argparse.Namespace) -> None:
         "FMN short chain); its rows `ours standard › RUN` are its runs' own results. Peers: foolbox "
         "3.3.4 (FMN, DeepFool L∞, EAD L1 at 5 binary-search rounds of steps/5), pyautoattack 0.2.0 "
         "(FAB, one run of 100 iterations: its FAB-T is left out for time, ours runs in the "
-        "ensemble), adv-lib 0.2.8 (FMN, FAB with its defaults, ALMA-L1). Every point is "
+        "ensemble), adv-lib 0.2.8 (FMN, FAB with its defaults, ALMA-L1), all at `--steps`. Every point is "
         "verified the same way (clip, re-forward, another class). Envelope = per-sample best over "
         "every row. Goal: the ensemble's median ≤ 1.01 × the envelope's median; APGD at ε = our "
         "median breaks none of the samples we put farther than ε.",
@@ -650,6 +682,9 @@ def main() -> None:
         help="e.g. inf,1: the per-norm envelope instead (writes docs/benchmarks/attacks-lp.md)",
     )
     parser.add_argument("--chunk", type=int, default=25, help="--norms: images per chunk")
+    parser.add_argument(
+        "--rerun-ours", action="store_true", help="--norms: recompute our rows made at another commit"
+    )
     args = parser.parse_args()
     if args.norms:
         torch.set_num_threads(args.threads)
