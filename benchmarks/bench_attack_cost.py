@@ -192,7 +192,13 @@ def main() -> None:
     table = pairs(args.steps)
     only = [s.strip() for s in args.only.split(",")] if args.only else list(table)
     peers = ("adv-lib", "foolbox", "pyautoattack")
-    rows = []
+    import json
+    import os
+
+    from bench_attacks import CACHE, current_commit
+
+    cache_path = CACHE / f"attack_cost_n{args.n}_s{args.steps}_from{args.first}.json"
+    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     for label in only:
         norm, sides = table[label]
         times, counted = measure(sides, model, x, labels, norm, args.repeats)
@@ -215,20 +221,29 @@ def main() -> None:
             for s in ("ours", *peers)
             if s in sides
         )
-        cells += [calls, meds]
-        rows.append("| " + " | ".join(cells) + " |")
-        print(rows[-1], file=sys.stderr, flush=True)
-    cmd = " ".join([".venv/bin/python benchmarks/bench_attack_cost.py", *sys.argv[1:]])
+        load = os.getloadavg()[0]
+        when = f"{datetime.datetime.now(datetime.timezone.utc):%m-%d %H:%M}, load {load:.1f}, {args.repeats}×"
+        cells += [calls, meds, when]
+        cache[label] = {"row": "| " + " | ".join(cells) + " |", "commit": current_commit()}
+        print(cache[label]["row"], file=sys.stderr, flush=True)
+        from salign._io import write_text_atomic
+
+        write_text_atomic(cache_path, json.dumps(cache))
+    rows = [cache[label]["row"] for label in table if label in cache]
+    commits = sorted({cache[label]["commit"] for label in table if label in cache})
     text = "\n".join(
         [
             "# Attacks: cost at equal steps against every peer, and against the floor (issue 17)",
             "",
-            f"Command: `{cmd.strip()}`  ",
+            f"Command: `.venv/bin/python benchmarks/bench_attack_cost.py --steps {args.steps} --n {args.n} "
+            '--repeats R [--only "PAIR,..."]` (each pair\'s row is cached in benchmarks/.cache/ with '
+            "when it was measured, the 1-minute load average then and the repeats; a run replaces "
+            "the rows of its pairs).  ",
             f"SmallNet plain (1 epoch), MNIST test images {args.first}–{args.first + args.n - 1}, "
             f"{args.steps} steps (FAB: 100 iterations, DeepFool: 50 steps, C&W: 5 × {max(10, args.steps // 5)} "
-            f"steps), {args.repeats} repeats interleaved with the order rotating, {args.threads} thread(s); "
-            f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}, torch {torch.__version__}, "
-            f"{platform.processor() or platform.machine()}.",
+            f"steps), repeats interleaved with the order rotating, {args.threads} thread(s); torch "
+            f"{torch.__version__}, {platform.processor() or platform.machine()} (2 shared cores); "
+            f"commit {', '.join(commits)}.",
             "",
             "Each peer cell is `seconds · ours ÷ peer`; the floor cell is `seconds · ours ÷ floor`, the "
             "floor being a bare loop of the same number of forward + backward passes of the model on "
@@ -241,8 +256,8 @@ def main() -> None:
             "the clean forward and the two verification forwards (3 forwards per sample).",
             "",
             "| attack | ours s | adv-lib s · ours ÷ it | foolbox s · ours ÷ it | pyautoattack s · ours ÷ it "
-            "| floor s · ours ÷ floor | adv-lib ÷ floor | calls fwd/bwd | median (success) |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| floor s · ours ÷ floor | adv-lib ÷ floor | calls fwd/bwd | median (success) | measured |",
+            "|---|---|---|---|---|---|---|---|---|---|",
             *rows,
             "",
         ]
