@@ -253,7 +253,12 @@ def main() -> None:
             "distances (success rate in brackets). Both sides run the paper's algorithm with its "
             "defaults (ours without line search or polish; adv-lib's DDN without its 256-level "
             "quantisation). Ours includes what its contract adds to the iterations: input validation, "
-            "the clean forward and the two verification forwards (3 forwards per sample).",
+            "the clean forward and the two verification forwards (3 forwards per sample). adv-lib's FMN "
+            "in L2 is not quite the paper's: its `l2_projection_` multiplies δ by ε/‖δ‖ and then clamps "
+            "δ's entries at 1 (not the factor), so δ is rescaled onto the ε-sphere even inside the "
+            "ball, as in DDN; from the same start the trajectories part, and at 300 steps with α₀ = 1 "
+            "it ends adversarial on a few more samples than the paper's projection (ours); in L∞ and "
+            "L1 the two agree sample by sample.",
             "",
             "| attack | ours s | adv-lib s · ours ÷ it | foolbox s · ours ÷ it | pyautoattack s · ours ÷ it "
             "| floor s · ours ÷ floor | adv-lib ÷ floor | calls fwd/bwd | median (success) | measured |",
