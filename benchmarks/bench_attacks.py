@@ -448,6 +448,10 @@ def current_commit() -> str:
     return git("rev-parse", "--short", "HEAD") + ("+" if git("status", "--porcelain", "src") else "")
 
 
+#: The commit of the code this process runs (taken at start: later commits do not change it).
+PROCESS_COMMIT = current_commit()
+
+
 def bench_norm_chunk(
     name: str,
     model: torch.nn.Module,
@@ -464,7 +468,7 @@ def bench_norm_chunk(
     the attacks; the peers' rows do not depend on our code)."""
     cache = json.loads(path.read_text()) if path.exists() else {}
     done = cache.setdefault(key, {})
-    commit = current_commit()
+    commit = PROCESS_COMMIT
     if rerun_ours:
         for row in [r for r in done if r.startswith("ours") and done[r].get("commit") != commit]:
             del done[row]
