@@ -133,25 +133,18 @@ def label_and_rivals(logits: Tensor, labels: Tensor, rivals: int) -> Tensor:
     return torch.cat([labels[:, None], others], 1)
 
 
-def margin_gradients(
-    model: nn.Module, x: Tensor, classes: Tensor, graph: tuple[Tensor, Tensor] | None = None
-) -> tuple[Tensor, Tensor]:
-    """Logits (n, K) at ``x`` and the input gradients (n, k − 1, ...) of the logit differences
-    ``Ψ_{c_j} − Ψ_{c_0}`` for the columns j = 1 … k − 1 of ``classes`` (n, k) (the label first,
-    then the rivals: the ``w_j`` of DeepFool's and FAB's linearisations).
+def margin_gradients(leaf: Tensor, logits: Tensor, classes: Tensor) -> tuple[Tensor, Tensor]:
+    """The logit differences ``f_j = Ψ_{c_j} − Ψ_{c_0}`` (n, k − 1) for the columns j = 1 … k − 1
+    of ``classes`` (n, k) (the label first, then the rivals) and their input gradients ``w_j``
+    (n, k − 1, ...): DeepFool's and FAB's linearisations.
 
-    For the attacks' inner loops: it can reuse the graph ``(x_leaf, logits)`` of a forward the
-    attack already made and counted, and skips input validation (the public, validated version
-    is :func:`salign.quantities.class_gradients`). One forward (none when ``graph`` is given),
-    then one backward per rival through the same graph: differentiating each difference directly
-    takes k − 1 backward passes where the gradients of the k logits would take k.
+    For the attacks' inner loops: it differentiates through the graph ``leaf → logits`` of a
+    forward the attack already made and counted, one backward per rival (differentiating each
+    difference directly takes k − 1 backward passes where the gradients of the k logits would
+    take k), and skips input validation (the public, validated version is
+    :func:`salign.quantities.class_gradients`).
     """
     with torch.enable_grad():
-        if graph is None:
-            leaf = x.detach().requires_grad_(True)
-            logits = model(leaf)
-        else:
-            leaf, logits = graph
         picked = logits.gather(1, classes)
         differences = picked[:, 1:] - picked[:, :1]
         grads = []
@@ -159,4 +152,4 @@ def margin_gradients(
             last = j + 1 == differences.shape[1]
             (g,) = torch.autograd.grad(differences[:, j].sum(), leaf, retain_graph=not last)
             grads.append(g)
-    return logits.detach(), torch.stack(grads, 1)
+    return differences.detach(), torch.stack(grads, 1)

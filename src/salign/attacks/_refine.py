@@ -102,11 +102,9 @@ def project_on_boundary(
         b = boundary.detach().requires_grad_(True)
         graph_logits = model(b)
     classes = label_and_rivals(graph_logits.detach(), labels, POLISH_RIVALS)
-    z, w = margin_gradients(model, b, classes, (b, graph_logits))
+    f, w = margin_gradients(b, graph_logits, classes)
     b = b.detach()
     with torch.no_grad():
-        zc = z.gather(1, classes)
-        f = zc[:, 1:] - zc[:, :1]
         w = torch.nan_to_num(w.flatten(2), nan=0.0, posinf=0.0, neginf=0.0)
         w_sq = w.pow(2).sum(2)
         offset = f + (w * (x - b).flatten(1)[:, None, :]).sum(2)  # linearised f_k at x (< 0 there)

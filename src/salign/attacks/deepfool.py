@@ -23,22 +23,18 @@ from salign.attacks.result import AttackResult
 
 
 def _nearest_linearised_step(
-    z: Tensor,
-    w: Tensor,
-    classes: Tensor,
-    tracker: Tracker,
-    idx: Tensor,
-    norm: float,
-    point: Tensor | None = None,
+    f: Tensor, w: Tensor, tracker: Tracker, idx: Tensor, norm: float, point: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
-    """The step r_i to the nearest linearised boundary in the Lp ``norm`` among ``classes``
-    (label first) and the samples where every rival's gradient difference vanished (flagged,
-    no step). In L1 with the current ``point`` given, the step is the minimal-L1 one that stays
-    in the box (it fills the coordinates by decreasing |w| up to their room), instead of one
-    coordinate that the clamp would cut where it saturates."""
-    zc = z.gather(1, classes)
-    f = zc[:, 1:] - zc[:, :1]  # f_k = z_k − z_label < 0 while not adversarial
-    w = w.flatten(2)  # w_k = ∇(z_k − z_label)
+    """The step r_i to the nearest linearised boundary in the Lp ``norm``, from the logit
+    differences ``f`` (n, k) to the rivals (< 0 while not adversarial) and their gradients ``w``
+    (n, k, ...), and the samples where every rival's gradient difference vanished (flagged, no
+    step). ``point``: the current point when stepping from it within the box (DeepFool's
+    default): the 1e-4 that crosses the boundary is then added to the distance, as in the
+    authors' code, and in L1 the step is the minimal-L1 one that stays in the box (filling the
+    coordinates by decreasing |w| up to their room) instead of one coordinate that the clamp
+    would cut where it saturates. Without it (the paper's form, what robustness() runs), the
+    1e-4 is added to the logit gap, as this attack always did: its results are those documented."""
+    w = w.flatten(2)
     w_norm = w.norm(dim=2) if norm == 2 else w.norm(p=dual_exponent(norm), dim=2)  # ‖w_k‖_q
     ratio = f.abs() / w_norm.clamp_min(1e-12)  # linearised distance to each boundary (eq. 8 / 11)
     ratio = torch.where(w_norm > 1e-12, ratio, torch.full_like(ratio, float("inf")))
@@ -46,12 +42,9 @@ def _nearest_linearised_step(
     zero = ~torch.isfinite(ratio.gather(1, best[:, None]).squeeze(1))
     tracker.mark_zero_gradient(idx, zero)
     w_best = w[torch.arange(len(idx)), best]
-    # r_i = (|f_l| / ‖w_l‖₂ + 1e-4) · w_l / ‖w_l‖₂ (Algorithm 2; for Lp, eq. 11's minimal-Lp step
-    # |w_l|^{q−1} ⊙ sign(w_l) / ‖w_l‖_q^q): the 1e-4 is added to the distance and crosses the
-    # boundary, as in the authors' code
+    # r_i = (|f_l| + 1e-4 ‖w_l‖_q) · s(w_l) with s the minimal-Lp step of eq. 11 (w / ‖w‖₂² in
+    # L2: Algorithm 2), or with 1e-4 alone in the paper's form
     f_best, dual_best = f.abs().gather(1, best[:, None]), w_norm.gather(1, best[:, None])
-    # the paper's form (``point`` None, what robustness() runs) keeps the 1e-4 on the logit gap,
-    # as before: its results are those documented
     gap = f_best + 1e-4 * (dual_best if point is not None else 1.0)
     if norm == 1 and point is not None:
         flat = point.flatten(1)
@@ -130,11 +123,10 @@ class DeepFool(Attack):
             # differentiate through this step's forward: the rows of the samples that just
             # stopped cost one wasted backward row each, and the next step forwards the rest only
             classes = label_and_rivals(logits, lab, self.candidates)
-            z, w = margin_gradients(model, point, classes, (leaf, graph_logits))
-            z, w, classes = z[keep], w[keep], classes[keep]
-            idx, point = idx[keep], point[keep]
+            f, w = margin_gradients(leaf, graph_logits, classes)
+            f, w, idx, point = f[keep], w[keep], idx[keep], point[keep]
             box = point if self.clamp_each_step else None
-            r, zero = _nearest_linearised_step(z, w, classes, tracker, idx, self.norm, box)
+            r, zero = _nearest_linearised_step(f, w, tracker, idx, self.norm, box)
             if self.clamp_each_step:
                 current[idx] = (point + (1 + self.overshoot) * r.view_as(point)).clamp(0, 1)
             else:

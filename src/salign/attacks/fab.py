@@ -147,10 +147,8 @@ class FAB(Attack):
                     classes = label_and_rivals(graph_logits.detach(), lab, self.candidates)
                 else:
                     classes = torch.stack([lab, targets[idx]], 1)
-                z, w = margin_gradients(model, cur, classes, (leaf, graph_logits))
+                f, w = margin_gradients(leaf, graph_logits, classes)  # f_s = Ψ_s − Ψ_y at x⁽ⁱ⁾
                 with torch.no_grad():
-                    zc = z.gather(1, classes)
-                    f = zc[:, 1:] - zc[:, :1]  # f_s = Ψ_s − Ψ_y at x⁽ⁱ⁾
                     w = torch.nan_to_num(w.flatten(2))
                     dual = w.norm(p=q, dim=2)
                     dist = torch.where(dual > 1e-12, f.abs() / dual.clamp_min(1e-30), float("inf"))
