@@ -211,3 +211,10 @@ def test_deepfool_l1_steps_within_the_box() -> None:
     # the overshoot ×1.02 only lengthens the coordinates that keep room (the rest are clamped)
     assert exact * (1 - 1e-9) <= float(ours.distance[0]) <= exact * 1.02
     assert ours.forwards == 1 + 2 + 2  # clean, the step's forward and the crossing one, 2 verification
+
+
+def test_deepfool_rejects_a_non_boolean_clamp_each_step() -> None:
+    from salign.attacks import DeepFool
+
+    with pytest.raises(InputError, match="clamp_each_step must be True or False, got 'no'"):
+        DeepFool(clamp_each_step="no")  # type: ignore[arg-type]

@@ -20,6 +20,7 @@ from salign.attacks._ops import (
 )
 from salign.attacks._tracker import Tracker
 from salign.attacks.result import AttackResult
+from salign.errors import InputError
 
 
 def _nearest_linearised_step(
@@ -101,6 +102,8 @@ class DeepFool(Attack):
         check_positive(self.steps, "steps", integer=True)
         check_positive(self.overshoot, "overshoot", allow_zero=True)
         check_positive(self.candidates, "candidates", integer=True)
+        if not isinstance(self.clamp_each_step, bool):
+            raise InputError(f"clamp_each_step must be True or False, got {self.clamp_each_step!r}")
 
     def iterate(self, model: nn.Module, tracker: Tracker, start: Tensor | None) -> None:
         x, labels = tracker.x, tracker.labels
