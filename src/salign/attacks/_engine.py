@@ -94,6 +94,11 @@ class Attack:
         """The norm this attack minimises and its result's distances are measured in."""
         return float(getattr(self, "norm", 2.0))
 
+    def applies_to(self, num_classes: int) -> bool:
+        """Whether the attack can run on a model with ``num_classes`` logits (the ensemble skips
+        a run that cannot; a direct call raises in :meth:`iterate`)."""
+        return True
+
     def iterate(self, model: nn.Module, tracker: Tracker, start: Tensor | None) -> None:
         """Run the attack's iterations on the active samples of ``tracker``, reporting every
         visited point to it."""

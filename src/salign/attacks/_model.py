@@ -98,6 +98,7 @@ class Chunk:
     x: Tensor
     labels: Tensor
     clean_class: Tensor
+    num_classes: int = 0
 
     @property
     def attacked(self) -> Tensor:
@@ -114,7 +115,7 @@ def clean_forward(model: CountingModel, x: Tensor, labels: Tensor | None) -> Chu
         labels = pred
     else:
         check_labels(labels, x.shape[0], logits.shape[1])
-    return Chunk(x, labels, pred)
+    return Chunk(x, labels, pred, logits.shape[1])
 
 
 def chunks(n: int, batch_size: int | None) -> list[slice]:

@@ -103,6 +103,31 @@ def project_on_ball(delta: Tensor, radius: Tensor, p: float) -> Tensor:
     return torch.where(inside[:, None], flat, shrunk).view_as(delta)
 
 
+def project_on_l1_ball_in_box(
+    delta: Tensor, radius: Tensor, lo: Tensor, hi: Tensor, steps: int = 50
+) -> Tensor:
+    """The Euclidean projection of each δ (n, ...) onto the L1 ball of its ``radius`` (n,)
+    intersected with the box lo ≤ δ ≤ hi (lo ≤ 0 ≤ hi): per coordinate the soft threshold at a
+    level θ ≥ 0, then the clamp into the box (the KKT conditions of the separable problem), with
+    θ = 0 if the clamped δ is inside the ball, else the θ at which the L1 norm equals the radius,
+    found by ``steps`` bisections (the result is on the feasible side)."""
+    flat, lo, hi = delta.flatten(1), lo.flatten(1), hi.flatten(1)
+    clamped = torch.minimum(torch.maximum(flat, lo), hi)
+    inside = clamped.abs().sum(1) <= radius
+    a = flat.abs()
+    low, high = torch.zeros_like(radius), a.amax(1)
+
+    def shrunk(theta: Tensor) -> Tensor:
+        soft = flat.sign() * (a - theta[:, None]).clamp(min=0)
+        return torch.minimum(torch.maximum(soft, lo), hi)
+
+    for _ in range(steps):
+        mid = (low + high) / 2
+        over = shrunk(mid).abs().sum(1) > radius
+        low, high = torch.where(over, mid, low), torch.where(over, high, mid)
+    return torch.where(inside[:, None], clamped, shrunk(high)).view_as(delta)
+
+
 def quantize(x: Tensor, levels: int | None) -> Tensor:
     """Round ``x`` in [0, 1] to ``levels`` evenly spaced values (identity when ``levels`` is None)."""
     if levels is None:
