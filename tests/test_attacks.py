@@ -151,7 +151,10 @@ def test_lp_attacks_find_the_linear_rho(norm: float, dtype: torch.dtype) -> None
         torch.testing.assert_close(res.distance, lp_norm(res.adv - x, norm))
         assert bool((model(res.adv).argmax(1) != model(x).argmax(1)).all())
     ens = robustness(model, x, norm=norm, quiet=True)
-    runs = {"deepfool", "fab", "fmn", "fmn_cold", "fmn_short"} | ({"fmn_paper"} if norm == 1 else set())
+    probes = {"apgd_ce", "apgd_dlr", "apgd_ce_2", "apgd_dlr_2"}
+    runs = (
+        {"deepfool", "fab", "fmn", "fmn_cold", "fmn_short"} | probes | ({"fmn_paper"} if norm == 1 else set())
+    )
     assert ens.norm == norm and set(ens.per_attack) == runs
     if norm == 1:  # the paper's FMN runs its whole schedule: 1 forward + 1 backward per step
         assert ens.per_attack["fmn_paper"].backwards == len(x) * 1000

@@ -34,8 +34,9 @@ def register(app: typer.Typer) -> None:
         attacks: str | None = typer.Option(
             None,
             "--attacks",
-            help="Comma-separated: deepfool, ddn, fmn, alma, carlini_wagner (L2); deepfool, fmn (L1, inf). "
-            "Default: all of the norm's.",
+            help="Comma-separated: deepfool, ddn, fmn, alma, fab, carlini_wagner (L2); deepfool, fab, fmn, "
+            "apgd (L1, inf; apgd runs last, probing just below each sample's best point). Default: all of the "
+            "norm's but carlini_wagner.",
         ),
         norm: str = typer.Option("2", "--norm", help="The norm of ρ: 2 (the paper's), inf or 1."),
         budget: str = typer.Option(

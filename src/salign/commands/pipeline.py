@@ -75,7 +75,7 @@ def register(app: typer.Typer) -> None:
         attacks: str | None = typer.Option(
             None,
             "--attacks",
-            help="Comma-separated attacks (default: salign.robustness's ensemble: deepfool, ddn, fmn, alma, fab).",
+            help="Comma-separated attacks (default: salign.robustness's ensemble of each norm; L2: deepfool, ddn, fmn, alma, fab).",
         ),
         budget: str = typer.Option("standard", "--budget", help="fast | standard | thorough."),
         out: Path | None = typer.Option(
