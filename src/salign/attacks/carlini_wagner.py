@@ -35,7 +35,8 @@ class CarliniWagner(Attack):
         learning_rate: Adam step size (0.01).
         confidence: margin κ required on the logits (0 gives minimal perturbations).
         abort_early: stop a run for a sample when its loss has not decreased by 0.01% over
-            ``steps // 10`` steps.
+            ``steps // 10`` steps (checked at steps 0, N/10, 2N/10, … of the run, as in the
+            authors' code: the first comparison is at N/10).
     """
 
     name: ClassVar[str] = "carlini_wagner"
@@ -84,7 +85,7 @@ class CarliniWagner(Attack):
                 m[rows], v[rows] = mr, vr
                 update = self.learning_rate * (mr / (1 - beta1**t)) / ((vr / (1 - beta2**t)).sqrt() + 1e-8)
                 w[rows] = wr.detach() - update
-                if self.abort_early and t % max(1, self.steps // 10) == 0:
+                if self.abort_early and (t - 1) % max(1, self.steps // 10) == 0:
                     stalled = loss.detach() > 0.9999 * prev_loss[rows]
                     prev_loss[rows] = loss.detach()
                     running[rows[stalled]] = False
