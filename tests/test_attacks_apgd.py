@@ -164,18 +164,18 @@ def test_apgd_matches_pyautoattack_on_a_trained_smallnet() -> None:
 
 def test_the_ensemble_ends_with_the_probes() -> None:
     """In L∞ / L1 the default plan ends with the APGD probes below the best point (at the
-    standard budget: CE and DLR at η = 1e-3, then three DLR starts at 1e-4), whatever the place
+    standard budget: CE and DLR at η = 1e-3, then two starts of each at 1e-4), whatever the place
     of ``apgd`` in ``attacks``; the last run carries the final polish. L2's default plan has none."""
     plan = default_plan(["apgd", "deepfool", "fmn"], "standard", 1000, "auto", math.inf)
     labels = [r.label for r in plan]
-    assert labels[-5:] == ["apgd_ce", "apgd_dlr", "apgd_dlr_2", "apgd_dlr_3", "apgd_dlr_4"]
+    assert labels[-6:] == ["apgd_ce", "apgd_dlr", "apgd_ce_2", "apgd_dlr_2", "apgd_ce_3", "apgd_dlr_3"]
     assert labels[0] == "deepfool"
-    probes = plan[-5:]
+    probes = plan[-6:]
     assert all(r.start == "best" and r.patience is None and r.attack.steps == 100 for r in probes)
-    assert [r.polish for r in probes] == ["none"] * 4 + ["best"]
-    assert [r.attack.relative_eps for r in probes] == [1 - 1e-3] * 2 + [1 - 1e-4] * 3
-    assert [r.attack.loss for r in probes] == ["ce", "dlr", "dlr", "dlr", "dlr"]
-    assert [r.attack.seed for r in probes] == [0, 1, 2, 3, 4]
+    assert [r.polish for r in probes] == ["none"] * 5 + ["best"]
+    assert [r.attack.relative_eps for r in probes] == [1 - 1e-3] * 2 + [1 - 1e-4] * 4
+    assert [r.attack.loss for r in probes] == ["ce", "dlr"] * 3
+    assert [r.attack.seed for r in probes] == [0, 1, 2, 3, 4, 5]
     assert not any("apgd" in r.label for r in default_plan(["deepfool", "ddn"], "standard", 100, "auto", 2.0))
     assert len([r for r in default_plan(["fmn", "apgd"], "fast", 100, "auto", 1.0) if "apgd" in r.label]) == 2
     assert default_plan(["fmn", "apgd"], "fast", 30, "auto", 1.0)[-1].attack.steps == 30
