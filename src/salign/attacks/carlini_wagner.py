@@ -63,31 +63,32 @@ class CarliniWagner(Attack):
         succeeded = torch.zeros(idx.numel(), dtype=torch.bool, device=xa.device)
         running = torch.ones_like(succeeded)
         prev_loss = torch.full_like(c, float("inf"))
+        base = w0[idx]
         for t in range(1, self.steps + 1):
             rows = running.nonzero().squeeze(1)
             if rows.numel() == 0:
                 break
-            wr = w[rows].requires_grad_(True)
-            point = (torch.tanh(w0[idx[rows]] + wr) + 1) / 2
+            # while every sample runs, plain views instead of gathers and scatters
+            sel: Tensor | slice = slice(None) if rows.numel() == running.numel() else rows
+            wr = w[sel].detach().requires_grad_(True)
+            point = (torch.tanh(base[sel] + wr) + 1) / 2
             logits = model(point)
-            dist_sq = (point - xa[rows]).flatten(1).pow(2).sum(1)
-            loss = dist_sq + c[rows] * (logit_margin(logits, lab[rows]) + self.confidence).clamp(
-                min=0
-            )  # (f6)
+            dist_sq = (point - xa[sel]).flatten(1).pow(2).sum(1)
+            loss = dist_sq + c[sel] * (logit_margin(logits, lab[sel]) + self.confidence).clamp(min=0)  # (f6)
             (grad,) = torch.autograd.grad(loss.sum(), wr)
             with torch.no_grad():
-                is_adv, finite = adversarial(logits, lab[rows])
-                tracker.update(idx[rows], point, dist_sq.sqrt(), is_adv, finite)
-                succeeded[rows] |= is_adv
+                is_adv, finite = adversarial(logits, lab[sel])
+                tracker.update(idx[sel], point, dist_sq.sqrt(), is_adv, finite)
+                succeeded[sel] |= is_adv
                 grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
-                mr = beta1 * m[rows] + (1 - beta1) * grad
-                vr = beta2 * v[rows] + (1 - beta2) * grad * grad
-                m[rows], v[rows] = mr, vr
+                mr = beta1 * m[sel] + (1 - beta1) * grad
+                vr = beta2 * v[sel] + (1 - beta2) * grad * grad
+                m[sel], v[sel] = mr, vr
                 update = self.learning_rate * (mr / (1 - beta1**t)) / ((vr / (1 - beta2**t)).sqrt() + 1e-8)
-                w[rows] = wr.detach() - update
+                w[sel] = wr.detach() - update
                 if self.abort_early and (t - 1) % max(1, self.steps // 10) == 0:
-                    stalled = loss.detach() > 0.9999 * prev_loss[rows]
-                    prev_loss[rows] = loss.detach()
+                    stalled = loss.detach() > 0.9999 * prev_loss[sel]
+                    prev_loss[sel] = loss.detach()
                     running[rows[stalled]] = False
         return succeeded
 
