@@ -22,14 +22,7 @@ from _attacks_helpers import (
 from salign.attacks import AttackResult, alma, carlini_wagner, ddn, deepfool, fab, fmn, robustness
 from salign.errors import InputError, InputTypeError, ModelOutputError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # the attack loops run many small ops: on a loaded 2-core machine one thread is much faster
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 ATTACK_FNS = {

@@ -23,12 +23,7 @@ NORMS = [1.0, 2.0, math.inf]
 IDS = ["L1", "L2", "Linf"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 def test_l1_ball_in_box_projection_is_the_constrained_minimum() -> None:

@@ -22,12 +22,7 @@ IDS = ["L1", "L2", "Linf"]
 REFINED = {"line_search_steps": 20, "polish_steps": 2}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 def _reference_projection_norm(w: np.ndarray, c: float, lo: np.ndarray, hi: np.ndarray, p: float) -> float:

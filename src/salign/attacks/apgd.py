@@ -19,6 +19,7 @@ from salign.attacks._ops import (
     check_choice,
     check_positive,
     l2_norm,
+    logit_margin,
     lp_norm,
     project_on_ball,
     project_on_l1_ball_in_box,
@@ -36,9 +37,7 @@ def dlr_loss(logits: Tensor, labels: Tensor) -> Tensor:
     """``−(z_y − max_{i≠y} z_i) / (z_π1 − z_π3 + 1e-12)`` per sample, with z_π1 ≥ z_π2 ≥ z_π3 the
     three highest logits (Croce & Hein 2020, eq. 6); needs at least 3 classes."""
     top3 = logits.topk(3, dim=1).values
-    label_logit = logits.gather(1, labels[:, None]).squeeze(1)
-    other = logits.scatter(1, labels[:, None], float("-inf")).amax(1)
-    return -(label_logit - other) / (top3[:, 0] - top3[:, 2] + 1e-12)
+    return -logit_margin(logits, labels) / (top3[:, 0] - top3[:, 2] + 1e-12)
 
 
 def _cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
@@ -232,7 +231,7 @@ class APGD(Attack):
                     if l1:
                         nonzero = (best_delta[idx].flatten(1).abs() > 0).sum(1).to(x.dtype)
                         restart = nonzero / nonzero_before[idx] < 0.95
-                        sparsity[idx] = nonzero / nonzero.new_tensor(float(x[0].numel())) / 1.5
+                        sparsity[idx] = nonzero / x[0].numel() / 1.5
                         step[idx] = torch.where(restart, eps[idx], step[idx] / 1.5)
                         step[idx] = torch.minimum(torch.maximum(step[idx], eps[idx] / 10), eps[idx])
                         nonzero_before[idx] = nonzero
