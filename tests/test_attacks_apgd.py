@@ -5,6 +5,7 @@ exact costs, and bad input."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 
@@ -158,22 +159,62 @@ def test_apgd_matches_pyautoattack_on_a_trained_smallnet() -> None:
 
 
 def test_the_ensemble_ends_with_the_probes() -> None:
-    """In L∞ / L1 the default plan ends with the APGD probes below the best point (at the
-    standard budget: CE and DLR at η = 1e-3, then two starts of each at 1e-4), whatever the place
-    of ``apgd`` in ``attacks``; the last run carries the final polish. L2's default plan has none."""
+    """In L∞ / L1 the default plan ends with the APGD probes below the best point, whatever the
+    place of ``apgd`` in ``attacks``: at the standard budget three rounds (CE and DLR at
+    η = 1e-3, then twice at 1e-4), each followed by FMN's descent from the best points; the last
+    run carries the final polish. L2's default plan has none."""
     plan = default_plan(["apgd", "deepfool", "fmn"], "standard", 1000, "auto", math.inf)
     labels = [r.label for r in plan]
-    assert labels[-6:] == ["apgd_ce", "apgd_dlr", "apgd_ce_2", "apgd_dlr_2", "apgd_ce_3", "apgd_dlr_3"]
-    assert labels[0] == "deepfool"
-    probes = plan[-6:]
+    assert labels[-9:] == [
+        "apgd_ce", "apgd_dlr", "fmn_probed",
+        "apgd_ce_2", "apgd_dlr_2", "fmn_probed_2",
+        "apgd_ce_3", "apgd_dlr_3", "fmn_probed_3",
+    ]  # fmt: skip
+    assert labels[:2] == ["deepfool", "fmn"]
+    probes = [r for r in plan if r.attack.name == "apgd"]
     assert all(r.start == "best" and r.patience is None and r.attack.steps == 100 for r in probes)
-    assert [r.polish for r in probes] == ["none"] * 5 + ["best"]
     assert [r.attack.relative_eps for r in probes] == [1 - 1e-3] * 2 + [1 - 1e-4] * 4
     assert [r.attack.loss for r in probes] == ["ce", "dlr"] * 3
     assert [r.attack.seed for r in probes] == [0, 1, 2, 3, 4, 5]
+    descents = [r for r in plan if r.label.startswith("fmn_probed")]
+    # the descent: one short FMN run (steps / 10), the same each time, from the best points
+    assert all(r.attack == descents[0].attack and r.start == "best" for r in descents)
+    assert descents[0].attack.steps == 100 and descents[0].attack.name == "fmn"
+    assert [r.polish for r in plan[-9:]] == ["none"] * 8 + ["best"]
     assert not any("apgd" in r.label for r in default_plan(["deepfool", "ddn"], "standard", 100, "auto", 2.0))
-    assert len([r for r in default_plan(["fmn", "apgd"], "fast", 100, "auto", 1.0) if "apgd" in r.label]) == 2
-    assert default_plan(["fmn", "apgd"], "fast", 30, "auto", 1.0)[-1].attack.steps == 30
+    fast = [r.label for r in default_plan(["fmn", "apgd"], "fast", 100, "auto", 1.0)]
+    assert fast == ["fmn", "apgd_ce", "apgd_dlr", "fmn_probed"]
+    assert default_plan(["fmn", "apgd"], "fast", 30, "auto", 1.0)[-2].attack.steps == 30
+    # without a warm-started attack the probes run alone
+    alone = default_plan(["deepfool", "apgd"], "fast", 100, "auto", math.inf)
+    assert [r.label for r in alone] == ["deepfool", "apgd_ce", "apgd_dlr"]
+
+
+def test_a_repeated_warm_started_run_only_iterates_the_samples_that_moved() -> None:
+    """A deterministic run started again from the very best points it started from before would
+    repeat itself: the ensemble skips those samples (their result is the start's point) and
+    iterates only the samples some run moved since."""
+    torch.manual_seed(4)
+    model = nn.Sequential(
+        nn.Linear(12, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 5)
+    ).double()
+    x = 0.2 + 0.6 * torch.rand(12, 12, dtype=torch.float64)
+    fmn = default_plan(["fmn"], "fast", 50, None, math.inf)[0]
+    deepfool = default_plan(["deepfool"], "fast", 50, None, math.inf)[0]
+    assert fmn.start == "best" and fmn.patience is None and fmn.attack.steps == 50
+    again, again2 = (dataclasses.replace(fmn, label=label) for label in ("again", "again2"))
+    res = robustness(model, x, norm="inf", plan=[deepfool, fmn, again, again2], quiet=True)
+    d = {k: r.distance for k, r in res.per_attack.items()}
+    moved = d["fmn"] < d["deepfool"]  # since `fmn` started: `again` iterates these
+    moved_again = d["again"] < d["fmn"].minimum(d["deepfool"])  # since `again` started
+    assert 0 < int(moved_again.sum()) < int(moved.sum())
+    # 50 steps per iterated sample, and some of the guarded search's, none for the others
+    for run, iterated in (("fmn", len(x)), ("again", int(moved.sum())), ("again2", int(moved_again.sum()))):
+        assert 50 * iterated <= res.per_attack[run].backwards <= 100 * iterated, run
+    assert res.per_attack["again2"].backwards < 50 * len(x)
+    kept = ~moved_again  # skipped: the run's result is its start, the best point before it
+    best_before = d["again"].minimum(d["fmn"]).minimum(d["deepfool"])
+    assert torch.equal(d["again2"][kept], best_before[kept])
 
 
 def test_the_probes_skip_dlr_on_a_binary_model() -> None:

@@ -191,6 +191,7 @@ def attack_chunk(
     chunk: Chunk,
     start: Start | None = None,
     *,
+    only: Tensor | None = None,
     patience: int | None = None,
     refinement: Refinement = Refinement(),
     polish_from: Start | None = None,
@@ -198,19 +199,25 @@ def attack_chunk(
     """Run ``attack`` once on a validated chunk: iterate, refine, verify.
 
     ``start``: passed to the iterations; if it carries distances, the tracker starts from it.
-    ``polish_from``: verified points merged into the best points before the refinement (the
-    ensemble's final polish starts from the best point over every run). Returns the verified
-    result (costs of this run only) and the per-sample sanity flags.
+    ``only``: iterate and line-search on these samples only (the others keep the start's
+    verified points, which ``start`` must then carry). ``polish_from``: verified points merged
+    into the best points before the refinement, which then covers every sample (the ensemble's
+    final polish starts from the best point over every run). Returns the verified result (costs
+    of this run only) and the per-sample sanity flags.
     """
     clock, forwards, backwards = time.perf_counter(), model.forwards, model.backwards
     x, labels, attacked = chunk.x, chunk.labels, chunk.attacked
-    tracker = Tracker(x, labels, attacked, patience=patience, norm=attack.distance_norm)
+    if only is not None and (start is None or start.distance is None):
+        raise ValueError("attack_chunk(only=...) needs a start with verified distances")
+    iterated = attacked if only is None else attacked & only
+    tracker = Tracker(x, labels, iterated, patience=patience, norm=attack.distance_norm)
     if start is not None and start.distance is not None:
         tracker.seed(start.adv, start.distance)
     attack.iterate(model, tracker, None if start is None else start.adv)
     if polish_from is not None and polish_from.distance is not None:
         tracker.absorb(polish_from.adv, polish_from.distance)
-    refine(model, tracker, refinement.line_search_steps, refinement.levels, refinement.polish_steps)
+        only = None
+    refine(model, tracker, refinement.line_search_steps, refinement.levels, refinement.polish_steps, only)
     verified = verify(model, x, tracker.best_adv, labels, chunk.clean_class, refinement.levels, tracker.norm)
     verified["distance"][~attacked] = 0
     verified["success"][~attacked] = True

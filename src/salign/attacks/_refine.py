@@ -59,17 +59,25 @@ def boundary_search(
 
 
 def refine(
-    model: nn.Module, tracker: Tracker, steps: int, levels: int | None = None, polish_steps: int = 0
+    model: nn.Module,
+    tracker: Tracker,
+    steps: int,
+    levels: int | None = None,
+    polish_steps: int = 0,
+    only: Tensor | None = None,
 ) -> None:
-    """Tighten every found sample's best point: a line search onto the boundary, then
-    ``polish_steps`` rounds of one DeepFool step from x with the gradients taken at the best
-    point (the nearest linearised boundary among the top classes there) followed by a line
-    search along the new direction. A point is only ever replaced by a better verified one.
-    Nothing happens when ``steps`` is 0."""
+    """Tighten every found sample's best point (of the samples ``only``, if given): a line
+    search onto the boundary, then ``polish_steps`` rounds of one DeepFool step from x with the
+    gradients taken at the best point (the nearest linearised boundary among the top classes
+    there) followed by a line search along the new direction. A point is only ever replaced by
+    a better verified one. Nothing happens when ``steps`` is 0."""
     if steps <= 0:
         return
+    scope = tracker.found & (tracker.best_dist > 0)
+    if only is not None:
+        scope &= only
     for round_ in range(polish_steps + 1):
-        idx = (tracker.found & (tracker.best_dist > 0)).nonzero().squeeze(1)
+        idx = (scope & tracker.found).nonzero().squeeze(1)
         if idx.numel() == 0:
             return
         x, labels, best = tracker.x[idx], tracker.labels[idx], tracker.best_adv[idx]
