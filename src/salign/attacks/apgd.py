@@ -158,8 +158,10 @@ class APGD(Attack):
         return (x + project_on_ball(delta, eps, self.norm)).clamp(0, 1) - x
 
     def _initial(self, x: Tensor, eps: Tensor, start: Tensor | None) -> Tensor:
-        """δ₀: a random point of the ε-ball (L∞: uniform entries scaled to ‖·‖∞ = ε; L2 and L1:
-        a Gaussian scaled to ε, then projected), or the warm start projected onto the ball."""
+        """δ₀: a random point of the ε-ball (L∞: uniform entries scaled to ‖·‖∞ = ε; L2: a
+        Gaussian scaled to ε, then clamped to the box; L1: a standard Gaussian projected onto
+        the ball in the box, as the authors' code does, so a sparse start), or the warm start
+        projected onto the ball."""
         if not self.random_init:
             return self._project(torch.zeros_like(x) if start is None else start - x, x, eps)
         generator = torch.Generator(device=x.device).manual_seed(self.seed)
@@ -167,7 +169,8 @@ class APGD(Attack):
             t = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1
         else:
             t = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        t = t * batch_view(eps / lp_norm(t, self.norm).clamp_min(1e-12), t)
+        if self.norm != 1:
+            t = t * batch_view(eps / lp_norm(t, self.norm).clamp_min(1e-12), t)
         return self._project(t, x, eps)
 
     def _direction(self, grad: Tensor, sparsity: Tensor) -> Tensor:

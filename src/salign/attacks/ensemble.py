@@ -446,7 +446,9 @@ def robustness(
             DeepFool, FAB-T against the 9 highest other logits, FMN warm-started from the best
             point, and at the standard budget a cold FMN, and in L1 a full-length FMN with the
             paper's options, :data:`LP_EXTRA`; then the APGD probes). ``apgd`` always runs
-            last, as probes just below each sample's best point (:data:`PROBED`).
+            last, as rounds of probes just below each sample's best point, each round
+            followed by a short descent of the warm-started attacks (FMN, ALMA) from the best
+            points (:data:`PROBED`, :data:`PROBES`).
         budget: ``"fast"`` (100 steps per attack), ``"standard"`` (1000 steps, then a
             restart chain of the requested DDN, FMN and ALMA with 100 steps each) or
             ``"thorough"`` (``standard`` plus a cold FMN and a cold DDN on the logit margin);
