@@ -494,34 +494,47 @@ def bench_norm_chunk(
         write_text_atomic(path, json.dumps(cache))
 
 
+#: Random starts of the APGD check: seed 0 is the issue's check, the others show how much of a
+#: zero is luck (each seed: one start of APGD-CE and one of APGD-DLR).
+CHECK_SEEDS = 5
+
+
 def budget_check(
     model: torch.nn.Module, x: torch.Tensor, ours: torch.Tensor, norm: float, path: Path
 ) -> dict[str, Any]:
     """pyautoattack's APGD-CE and APGD-DLR (100 iterations each) at ε = our median, on the samples
-    we put farther than ε: any they break is a sample our minimal-norm estimate missed."""
+    we put farther than ε, from :data:`CHECK_SEEDS` random starts: any they break is a sample our
+    minimal-norm estimate missed."""
     from pyautoattack.autopgd_base import APGDAttack
 
     eps = median(ours)
-    key = f"apgd|{len(x)}|{eps:.9g}"
+    key = f"apgd|{len(x)}|{eps:.9g}|seeds{CHECK_SEEDS}"
     cache = json.loads(path.read_text()) if path.exists() else {}
     if key not in cache:
         with torch.no_grad():
             labels = model(x).argmax(1)
         farther = (ours > eps).nonzero().squeeze(1)
-        broken = torch.zeros(len(farther), dtype=torch.bool)
+        broken = torch.zeros(CHECK_SEEDS, len(farther), dtype=torch.bool)
         start = time.perf_counter()
-        for loss in ("ce", "dlr"):
-            attack = APGDAttack(model.eval(), norm=AA_NORMS[norm], eps=eps, n_iter=100, loss=loss, seed=0)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                adv = attack.perturb(x[farther].clone(), labels[farther].clone())
-            d = verified_distance(model, x[farther], adv, labels[farther], norm)
-            broken |= d <= eps * (1 + 1e-6)
+        for seed in range(CHECK_SEEDS):
+            for loss in ("ce", "dlr"):
+                attack = APGDAttack(
+                    model.eval(), norm=AA_NORMS[norm], eps=eps, n_iter=100, loss=loss, seed=seed
+                )
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    adv = attack.perturb(x[farther].clone(), labels[farther].clone())
+                d = verified_distance(model, x[farther], adv, labels[farther], norm)
+                broken[seed] |= d <= eps * (1 + 1e-6)
+        anywhere = broken.any(0)
         cache[key] = {
             "eps": eps,
             "farther": len(farther),
-            "broken": int(broken.sum()),
-            "ours_over_eps": [float(r) for r in ours[farther[broken]] / eps],
+            "broken": int(broken[0].sum()),
+            "ours_over_eps": [float(r) for r in ours[farther[broken[0]]] / eps],
+            "broken_per_seed": [int(b.sum()) for b in broken],
+            "broken_any_seed": int(anywhere.sum()),
+            "ours_over_eps_any_seed": [float(r) for r in ours[farther[anywhere]] / eps],
             "seconds": time.perf_counter() - start,
         }
         from salign._io import write_text_atomic
@@ -577,16 +590,14 @@ def norm_table(
     try:
         check = budget_check(model, x_all[idx], ours, norm, path)
         summary["apgd"] = check
+        ratios = check["ours_over_eps_any_seed"]
         lines += [
             "",
-            f"pyautoattack APGD-CE + APGD-DLR (L{pname(norm)}, 100 iterations each, {check['seconds']:.0f} s) "
-            f"at ε = our median {check['eps']:.4g}: break **{check['broken']}** of the {check['farther']} "
-            "samples we put farther than ε"
-            + (
-                f" (ours ÷ ε there: {', '.join(f'{r:.5f}' for r in check['ours_over_eps'])})."
-                if check.get("ours_over_eps")
-                else "."
-            ),
+            f"pyautoattack APGD-CE + APGD-DLR (L{pname(norm)}, 100 iterations each, {CHECK_SEEDS} random "
+            f"starts of each, {check['seconds']:.0f} s) at ε = our median {check['eps']:.4g}: from seed 0 they "
+            f"break **{check['broken']}** of the {check['farther']} samples we put farther than ε; per seed "
+            f"{' / '.join(str(b) for b in check['broken_per_seed'])}, **{check['broken_any_seed']}** from any "
+            "seed" + (f" (ours ÷ ε there: {', '.join(f'{r:.5f}' for r in ratios)})." if ratios else "."),
         ]
     except ImportError:
         lines += ["", "pyautoattack not installed: no APGD check."]
@@ -624,7 +635,11 @@ def main_norms(args: argparse.Namespace) -> None:
                 summary.append(
                     f"| {name} | L{pname(norm)} | {s['n']} | {s['envelope']:.4f} | **{s['quality']:.4f}** | "
                     f"{s['vs_peers']:.4f} | "
-                    + (f"{apgd['broken']} of {apgd['farther']} |" if apgd else "– |")
+                    + (
+                        f"{apgd['broken']} of {apgd['farther']} | {apgd['broken_any_seed']} |"
+                        if apgd
+                        else "– | – |"
+                    )
                 )
     cmd = " ".join([".venv/bin/python benchmarks/bench_attacks.py", *sys.argv[1:]])
     head = [
@@ -660,19 +675,21 @@ def main_norms(args: argparse.Namespace) -> None:
         "median; APGD at ε = our median (pyautoattack's, one random start, seed 0) breaks none "
         "of the samples we put farther than ε.",
         "",
-        "What the APGD check still finds (issue 17, 2026-12-07): samples that our estimate puts "
-        "0.1–0.5% beyond ε (the ratios are under each table). On such a sample APGD succeeds from "
-        "some random starts only, and which loss works depends on the sample: one L∞ sample of the "
-        "λ = 1 net was broken at ε by 4 of 20 APGD-DLR starts of ours and 6 of 20 of pyautoattack's, "
-        "and by no APGD-CE start; one L1 sample that the ensemble then put 11% beyond ε was broken by "
-        "6 of 10 APGD-CE starts of ours (pyautoattack: 5) and by no DLR start. The ensemble's probes "
-        "(three starts per loss below each sample's best point) found that L1 point (now 0.1% beyond "
-        "ε); a check with one start per loss breaks 0–2 samples per model and norm by chance at this "
-        "precision. Before the probes (2026-12-06) the check broke 3 / 1 / 1 / 2 samples, up to 16.8% "
-        "beyond ε.",
+        "The APGD check (issue 17, 2026-12-07). With the probes alone (three rounds, no "
+        "descent) it broke 1 / 1 / 0 / 2 samples from seed 0, all 0.1–0.5% beyond ε: on such a "
+        "sample APGD succeeds from some random starts only, and which loss works depends on the "
+        "sample. Where a probe does succeed, its point often lies in another basin of the "
+        "boundary, and a short FMN from it goes much further down: with a descent after each "
+        "round the medians above dropped by 0.8% / 1.2% (L∞) and 2.4% / 3.6% (L1) for 7–11% more "
+        "forwards, and seed 0 breaks nothing. The other four seeds show what is left: in L∞ one "
+        "sample 0.02% beyond ε, in L1 samples 0.4–18% beyond it, so our L1 estimate is still "
+        "loose on a few samples (the last round of probes still moved some by several percent; "
+        '`budget="thorough"` runs five rounds). APGD-L1 starts as the authors\' code does (a '
+        "standard Gaussian projected onto the ball, so a sparse start; it was a dense one scaled "
+        "to ε before this run).",
         "",
-        "| model | norm | n | envelope median | ensemble ÷ envelope [≤ 1.01] | ÷ best peer | APGD breaks [0] |",
-        "|---|---|---|---|---|---|---|",
+        f"| model | norm | n | envelope median | ensemble ÷ envelope [≤ 1.01] | ÷ best peer | APGD breaks, seed 0 [0] | from any of {CHECK_SEEDS} seeds |",
+        "|---|---|---|---|---|---|---|---|",
         *summary,
         "",
     ]
