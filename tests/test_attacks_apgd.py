@@ -198,6 +198,11 @@ def test_the_ensemble_ends_with_the_probes() -> None:
     assert descents[0].attack.steps == 100 and descents[0].attack.name == "fmn"
     assert [r.polish for r in plan[-9:]] == ["none"] * 8 + ["best"]
     assert not any("apgd" in r.label for r in default_plan(["deepfool", "ddn"], "standard", 100, "auto", 2.0))
+    # thorough: every run of standard (L1's full-length FMN too), five rounds of probes
+    standard_l1 = [r.label for r in default_plan(["deepfool", "fmn", "apgd"], "standard", 1000, "auto", 1.0)]
+    thorough_l1 = [r.label for r in default_plan(["deepfool", "fmn", "apgd"], "thorough", 1000, "auto", 1.0)]
+    assert set(standard_l1) < set(thorough_l1) and "fmn_paper" in standard_l1
+    assert sum(label.startswith("fmn_probed") for label in thorough_l1) == 5
     fast = [r.label for r in default_plan(["fmn", "apgd"], "fast", 100, "auto", 1.0)]
     assert fast == ["fmn", "apgd_ce", "apgd_dlr", "fmn_probed"]
     assert default_plan(["fmn", "apgd"], "fast", 30, "auto", 1.0)[-2].attack.steps == 30

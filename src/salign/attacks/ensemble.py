@@ -141,8 +141,8 @@ BUDGETS: dict[str, tuple[int, tuple[ExtraRun, ...]]] = {
     ),
 }
 
-#: Extra runs of the ``standard`` budget per norm, L1 and L∞ (``thorough`` has the cold FMN
-#: already): a cold FMN. The warm-started FMN stays in the basin of the best point so far
+#: Extra runs of the ``standard`` and ``thorough`` budgets per norm, L1 and L∞ (``thorough``
+#: has the cold FMN already): a cold FMN. The warm-started FMN stays in the basin of the best point so far
 #: (DeepFool's, FAB's); on small random ReLU MLPs a cold FMN found the exact L∞ minimum where
 #: every warm run ended 1.4–1.9× above it (docs/benchmarks/exact.md). L1 adds a cold FMN with
 #: the paper's options that runs its whole schedule (``fmn_paper``, in :data:`FULL_LENGTH`): on
@@ -238,8 +238,9 @@ def default_plan(
     runs = [planned(a, a, steps, {}, warm(a, "best"), a == "deepfool") for a in main]
     short = steps // SHORT_CHAIN_DIVISOR
     extras = BUDGETS[budget][1]
-    if budget == "standard":
-        extras = LP_EXTRA.get(norm, ()) + extras
+    if budget != "fast":  # thorough has its own cold FMN, but not L1's full-length one
+        planned_labels = {label for label, *_ in extras}
+        extras = tuple(e for e in LP_EXTRA.get(norm, ()) if e[0] not in planned_labels) + extras
     for label, name, extra, chain in extras:
         if name not in attacks or norm not in ATTACKS[name].norms:
             continue
