@@ -145,6 +145,7 @@ def test_lp_attacks_find_the_linear_rho(norm: float, dtype: torch.dtype) -> None
         assert bool((model(res.adv).argmax(1) != model(x).argmax(1)).all())
     ens = robustness(model, x, norm=norm, quiet=True)
     probes = {"apgd_ce", "apgd_dlr", "apgd_ce_2", "apgd_dlr_2", "apgd_ce_3", "apgd_dlr_3"}
+    probes |= {"fmn_probed", "fmn_probed_2", "fmn_probed_3"}  # the descent after each round
     runs = (
         {"deepfool", "fab", "fmn", "fmn_cold", "fmn_short"} | probes | ({"fmn_paper"} if norm == 1 else set())
     )
