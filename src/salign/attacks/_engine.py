@@ -214,10 +214,11 @@ def attack_chunk(
     if start is not None and start.distance is not None:
         tracker.seed(start.adv, start.distance)
     attack.iterate(model, tracker, None if start is None else start.adv)
+    refined = only
     if polish_from is not None and polish_from.distance is not None:
         tracker.absorb(polish_from.adv, polish_from.distance)
-        only = None
-    refine(model, tracker, refinement.line_search_steps, refinement.levels, refinement.polish_steps, only)
+        refined = None  # the final polish covers every sample
+    refine(model, tracker, refinement.line_search_steps, refinement.levels, refinement.polish_steps, refined)
     verified = verify(model, x, tracker.best_adv, labels, chunk.clean_class, refinement.levels, tracker.norm)
     verified["distance"][~attacked] = 0
     verified["success"][~attacked] = True

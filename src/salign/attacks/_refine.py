@@ -73,11 +73,11 @@ def refine(
     a better verified one. Nothing happens when ``steps`` is 0."""
     if steps <= 0:
         return
-    scope = tracker.found & (tracker.best_dist > 0)
-    if only is not None:
-        scope &= only
     for round_ in range(polish_steps + 1):
-        idx = (scope & tracker.found).nonzero().squeeze(1)
+        scope = tracker.found & (tracker.best_dist > 0)
+        if only is not None:
+            scope &= only
+        idx = scope.nonzero().squeeze(1)
         if idx.numel() == 0:
             return
         x, labels, best = tracker.x[idx], tracker.labels[idx], tracker.best_adv[idx]

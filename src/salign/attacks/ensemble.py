@@ -142,8 +142,8 @@ BUDGETS: dict[str, tuple[int, tuple[ExtraRun, ...]]] = {
 }
 
 #: Extra runs of the ``standard`` and ``thorough`` budgets per norm, L1 and L∞ (``thorough``
-#: has the cold FMN already): a cold FMN. The warm-started FMN stays in the basin of the best point so far
-#: (DeepFool's, FAB's); on small random ReLU MLPs a cold FMN found the exact L∞ minimum where
+#: has the cold FMN already): a cold FMN. The warm-started FMN stays in the basin of the best
+#: point so far (DeepFool's, FAB's); on small random ReLU MLPs a cold FMN found the exact L∞ minimum where
 #: every warm run ended 1.4–1.9× above it (docs/benchmarks/exact.md). L1 adds a cold FMN with
 #: the paper's options that runs its whole schedule (``fmn_paper``, in :data:`FULL_LENGTH`): on
 #: the gradient-regularised SmallNet the L1 minima are many, and without it the ensemble's
@@ -313,13 +313,14 @@ def _run_plan(
     best, chain = _Pool(x, attacked, chunk.clean_class), _Pool(x, attacked, chunk.clean_class)
     per_attack: dict[str, AttackResult] = {}
     flags = {k: torch.zeros_like(attacked) for k in ("zero_gradient", "nonfinite_logits", "nondeterministic")}
-    # the best points each deterministic run started from (as the runs that had found them):
-    # an identical run from the same point would only repeat itself, so it skips those samples
+    # the best points each run started from (as the runs that had found them): an identical run
+    # (attacks are deterministic, APGD's random start included) from the same point would only
+    # repeat itself, so it skips those samples
     started: dict[tuple[Attack, int | None], Tensor] = {}
     for i, run in enumerate(runs):
         start = None if run.start == "x" else (best if run.start == "best" else chain).start()
         only = None
-        if run.start == "best" and start is not None and run.attack.name not in PROBED:
+        if run.start == "best" and start is not None:
             identity = (run.attack, run.patience)
             if identity in started:
                 only = best.winner != started[identity]
