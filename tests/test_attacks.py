@@ -301,11 +301,11 @@ def test_early_exit_fast_forwards_early_stallers_then_stops_them() -> None:
     best = torch.tensor([1.0, 1.0, float("inf")])  # sample 2: nothing found yet
     active = torch.ones(3, dtype=torch.bool)
     for step in range(10):  # first window: everything found counts as progress (from +inf)
-        assert early.after_step(step, best, active) is None
+        assert early.after_step(step, best, active)[0] is None
     for step in range(10, 19):
-        assert early.after_step(step, best, active) is None
+        assert early.after_step(step, best, active)[0] is None
     best[1] = 0.5  # sample 1 improves within the second window
-    jumped = early.after_step(19, best, active)  # sample 0 stalled at step 20 of 100: skip to the last 10
+    jumped, _ = early.after_step(19, best, active)  # sample 0 stalled at step 20 of 100: skip to the last 10
     assert jumped is not None and jumped.tolist() == [0]
     assert active.tolist() == [True, True, True]
     assert float(early.position(torch.tensor([0]), 20, torch.float32)) == 90.0
@@ -321,6 +321,150 @@ def test_early_exit_fast_forwards_early_stallers_then_stops_them() -> None:
     best[1] = 0.1  # still improving, but its schedule is over
     early.after_step(39, best, active)
     assert active.tolist() == [False, False, True]
+
+
+def test_early_exit_reports_when_the_active_rows_may_change() -> None:
+    """With a schedule, ``active`` only changes at the patience checks and where a schedule
+    ends: in between the tracker reuses its rows, and the position is one float until a
+    sample skips ahead."""
+    from salign.attacks._tracker import EarlyExit
+
+    early = EarlyExit(2, torch.device("cpu"), patience=10)
+    early.set_schedule(40)
+    best = torch.tensor([1.0, 0.0])  # sample 1 reached distance 0: it stops at the next check
+    active = torch.ones(2, dtype=torch.bool)
+    for step in range(9):
+        assert early.after_step(step, best, active) == (None, False)
+        assert early.position(..., step, torch.float32) == float(step)
+    assert active.tolist() == [True, True]
+    assert early.after_step(9, best, active)[1] is True
+    assert active.tolist() == [True, False]
+    without = EarlyExit(1, torch.device("cpu"), patience=None)
+    without.set_schedule(5)
+    flags = [
+        without.after_step(step, torch.tensor([1.0]), torch.ones(1, dtype=torch.bool))[1] for step in range(5)
+    ]
+    assert flags == [False, False, False, False, True]  # only where the schedule ends
+    unscheduled = EarlyExit(1, torch.device("cpu"), patience=None)
+    unscheduled.set_schedule(None)  # attacks without a schedule change ``active`` themselves
+    assert unscheduled.after_step(0, torch.tensor([1.0]), torch.ones(1, dtype=torch.bool))[1] is True
+
+
+def test_tracker_rows_are_all_while_every_sample_is_active() -> None:
+    """All samples active: the rows are ``...`` (every row) and the update keeps the same best points
+    as the indexed update of the same step."""
+    from salign.attacks._tracker import Tracker
+
+    x = torch.rand(4, 3)
+    full = Tracker(x, torch.zeros(4, dtype=torch.long), torch.ones(4, dtype=torch.bool))
+    part = Tracker(x, torch.zeros(4, dtype=torch.long), torch.tensor([True, False, True, True]))
+    rows_full = next(full.iterations(3, schedule=False))[1]
+    rows_part = next(part.iterations(3, schedule=False))[1]
+    assert rows_full is ...
+    assert isinstance(rows_part, torch.Tensor) and rows_part.tolist() == [0, 2, 3]
+    adv, dist = torch.rand(4, 3), torch.tensor([0.5, 0.2, 0.3, 0.1])
+    is_adv = torch.tensor([True, True, False, True])
+    full.update(..., adv, dist, is_adv, torch.tensor([True, True, True, False]))
+    indexed = Tracker(x, torch.zeros(4, dtype=torch.long), torch.ones(4, dtype=torch.bool))
+    indexed.update(torch.arange(4), adv, dist, is_adv, torch.tensor([True, True, True, False]))
+    torch.testing.assert_close(full.best_dist, indexed.best_dist, rtol=0, atol=0)
+    torch.testing.assert_close(full.best_adv, indexed.best_adv, rtol=0, atol=0)
+    assert full.nonfinite.tolist() == indexed.nonfinite.tolist() == [False, False, False, True]
+    assert full.best_dist.tolist() == torch.tensor([0.5, 0.2, float("inf"), 0.1]).tolist()
+
+
+def test_the_normalised_gradient_step_guards_vanished_and_non_finite_gradients() -> None:
+    """δ += size · g / ‖g‖ in place; NaN/Inf entries read as 0; a vanished gradient steps along a
+    random unit direction and is flagged; a regular row is exactly g / ‖g‖; an expanded
+    gradient (what autograd returns for some models) is not written to."""
+    from salign.attacks._tracker import Tracker, step_along_gradient
+
+    x = torch.rand(4, 5, dtype=torch.float64)
+    tracker = Tracker(x, torch.zeros(4, dtype=torch.long), torch.ones(4, dtype=torch.bool))
+    g = torch.tensor(
+        [
+            [3.0, 4.0, 0.0, 0.0, 0.0],
+            [float("nan"), 1.0, 0.0, 0.0, 0.0],
+            [0.0, 0.0, 0.0, 0.0, 0.0],
+            [float("inf"), 0.0, 2.0, 0.0, 0.0],
+        ],
+        dtype=torch.float64,
+    )
+    before = g.clone()
+    delta = torch.zeros(4, 5, dtype=torch.float64)
+    out = step_along_gradient(delta, g, 2.0, tracker, ...)
+    assert out is delta
+    assert torch.equal(g.nan_to_num(nan=-1.0), before.nan_to_num(nan=-1.0))  # the gradient is untouched
+    torch.testing.assert_close(delta.norm(dim=1), torch.full((4,), 2.0, dtype=torch.float64))
+    assert delta[0].tolist() == [1.2, 1.6, 0.0, 0.0, 0.0]
+    assert delta[1].tolist() == [0.0, 2.0, 0.0, 0.0, 0.0]
+    assert delta[3].tolist() == [0.0, 0.0, 2.0, 0.0, 0.0]
+    assert tracker.zero_gradient.tolist() == [False, False, True, False]
+    per_sample = step_along_gradient(
+        torch.zeros(2, 5, dtype=torch.float64),
+        g[:1].expand(2, 5),
+        torch.tensor([1.0, 0.5], dtype=torch.float64),
+        tracker,
+        torch.tensor([0, 1]),
+    )
+    torch.testing.assert_close(
+        per_sample, torch.tensor([[0.6, 0.8, 0, 0, 0], [0.3, 0.4, 0, 0, 0]], dtype=torch.float64)
+    )
+    expanded = torch.zeros(1, 5, dtype=torch.float64).expand(2, 5)  # a vanished, expanded gradient
+    stepped = step_along_gradient(
+        torch.zeros(2, 5, dtype=torch.float64), expanded, 1.0, tracker, torch.tensor([0, 1])
+    )
+    torch.testing.assert_close(stepped.norm(dim=1), torch.ones(2, dtype=torch.float64))
+    assert tracker.zero_gradient.tolist() == [True, True, True, False]
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0, math.inf])
+def test_lp_norm_equals_torch_vector_norm(p: float) -> None:
+    from salign.attacks._ops import lp_norm
+
+    t = torch.randn(6, 3, 4, 5, dtype=torch.float64)
+    torch.testing.assert_close(lp_norm(t, p), torch.linalg.vector_norm(t.flatten(1), ord=p, dim=1))
+    torch.testing.assert_close(
+        lp_norm(t, p, start_dim=2), torch.linalg.vector_norm(t.flatten(2), ord=p, dim=2)
+    )
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0, math.inf])
+def test_project_on_ball_in_place_equals_the_copy(p: float) -> None:
+    from salign.attacks._ops import lp_norm, project_on_ball
+
+    delta = torch.randn(5, 1, 4, 4, dtype=torch.float64)
+    radius = torch.tensor([0.1, 1.0, 10.0, 0.5, 2.0], dtype=torch.float64)
+    copy = project_on_ball(delta, radius, p)
+    work = delta.clone()
+    got = project_on_ball(work, radius, p, inplace=True)
+    torch.testing.assert_close(got, copy, rtol=0, atol=0)
+    assert (got is work) == (p != 1.0)  # L1 returns a new tensor
+    assert bool((lp_norm(copy, p) <= radius * (1 + 1e-12)).all())
+
+
+def test_cosine_annealing_agrees_per_sample_and_for_one_float() -> None:
+    from salign.attacks._ops import cosine_annealing
+
+    positions = torch.tensor([0.0, 25.0, 99.0], dtype=torch.float64)
+    per_sample = cosine_annealing(positions, 100, 1.0, 0.01)
+    for k, position in enumerate(positions.tolist()):
+        one = cosine_annealing(position, 100, 1.0, 0.01)
+        assert isinstance(one, float) and one == pytest.approx(float(per_sample[k]), rel=1e-15)
+    assert cosine_annealing(0.0, 100, 1.0, 0.01) == 1.0
+
+
+def test_alma_multiplier_update_is_the_derivative_of_the_penalty() -> None:
+    """ALMA's μ update uses ∂P2/∂y in closed form (no second autograd call per step)."""
+    from salign.attacks.alma import penalty_p2, penalty_p2_derivative
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.randn(2000, generator=g, dtype=torch.float64) * 3
+    rho = torch.rand(2000, generator=g, dtype=torch.float64) * 5
+    mu = torch.rand(2000, generator=g, dtype=torch.float64) * 4
+    leaf = y.clone().requires_grad_(True)
+    (autograd,) = torch.autograd.grad(penalty_p2(leaf, rho, mu).sum(), leaf)
+    torch.testing.assert_close(penalty_p2_derivative(y, rho, mu), autograd, rtol=1e-12, atol=1e-12)
 
 
 def test_early_exit_does_not_make_a_longer_schedule_worse() -> None:

@@ -116,7 +116,7 @@ def project_on_boundary(
         w = torch.nan_to_num(w.flatten(2), nan=0.0, posinf=0.0, neginf=0.0)
         w_sq = w.pow(2).sum(2)
         offset = f + (w * (x - b).flatten(1)[:, None, :]).sum(2)  # linearised f_k at x (< 0 there)
-        dual = w_sq.sqrt() if norm == 2 else w.norm(p=dual_exponent(norm), dim=2)
+        dual = w_sq.sqrt() if norm == 2 else lp_norm(w, dual_exponent(norm), start_dim=2)
         dist = offset.abs() / dual.clamp_min(1e-30)
         dist = torch.where(w_sq > 0, dist, torch.full_like(dist, float("inf")))
         best = dist.argmin(1)

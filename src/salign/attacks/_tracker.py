@@ -8,12 +8,26 @@ counts the sanity flags, and says which samples are still worth a step. Early ex
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
+from types import EllipsisType
 
 import torch
 from torch import Tensor
 
 from salign.attacks._ops import batch_view, l2_norm
+
+#: The samples one iteration works on: ``...`` (Ellipsis) while every sample of the batch is
+#: active (then ``t[rows]`` is a view and ``t[rows] = v`` a copy, with no gather or scatter;
+#: Ellipsis indexes faster than ``slice(None)``), else their indices (n_active,).
+Rows = Tensor | EllipsisType
+ALL: EllipsisType = ...
+
+
+def select(rows: Rows, mask: Tensor) -> Tensor:
+    """Indices into the whole batch of the samples of ``rows`` where ``mask`` (one entry per
+    sample of ``rows``) holds."""
+    return mask.nonzero().squeeze(1) if rows is ALL else rows[mask]
 
 
 class EarlyExit:
@@ -42,6 +56,7 @@ class EarlyExit:
         self.steps: int | None = None
         self.offset = torch.zeros(n, dtype=torch.long, device=device)
         self.fast_forwarded = torch.zeros(n, dtype=torch.bool, device=device)  # for reports
+        self.uniform = True  # no sample has skipped ahead: every position is the step itself
         self._reference: Tensor | None = None
 
     def set_schedule(self, steps: int | None) -> None:
@@ -49,26 +64,38 @@ class EarlyExit:
         self.steps = steps
         self.offset.zero_()
         self.fast_forwarded.zero_()
+        self.uniform = True
 
-    def position(self, idx: Tensor, step: int, dtype: torch.dtype) -> Tensor:
-        """Each sample's position in its schedule (in [0, steps)): ``step`` + skipped steps."""
+    def position(self, idx: Rows, step: int, dtype: torch.dtype) -> Tensor | float:
+        """Each sample's position in its schedule (in [0, steps)): ``step`` + skipped steps; one
+        float while no sample has skipped (the attacks then compute one step size, not n)."""
         assert self.steps is not None, "set_schedule() first"
+        if self.uniform:
+            return float(min(step, self.steps - 1))
         return (self.offset[idx] + step).clamp(max=self.steps - 1).to(dtype)
 
-    def after_step(self, step: int, best_dist: Tensor, active: Tensor) -> Tensor | None:
+    def after_step(self, step: int, best_dist: Tensor, active: Tensor) -> tuple[Tensor | None, bool]:
         """Update ``active`` in place after iteration ``step``; return the indices fast-forwarded
-        now (the attack restarts them from their best point), or None."""
-        active &= best_dist > 0
+        now (the attack restarts them from their best point) or None, and whether ``active``
+        may have changed. With a schedule, ``active`` only changes at the checks every
+        ``patience`` steps and where a sample's schedule ends (a sample that reached distance 0
+        stops at the next of these), so the active rows need not be recomputed every step."""
+        patience = self.patience or 0
+        check = patience > 0 and (step + 1) % patience == 0
+        schedule_end = self.steps is not None and (not self.uniform or step + 1 >= self.steps)
+        changed = self.steps is None or check or schedule_end
+        if changed:
+            active &= best_dist > 0
         if self._reference is None:
             self._reference = torch.full_like(best_dist, float("inf"))
         jumped: Tensor | None = None
-        if self.patience and (step + 1) % self.patience == 0:
+        if check:
             improved = best_dist < (1 - self.tolerance) * self._reference
             stalled = ~improved & torch.isfinite(best_dist) & active
             if self.steps is None:
                 active &= ~stalled
             else:
-                tail_start = self.steps - self.patience
+                tail_start = self.steps - patience
                 # a sample already fast-forwarded sits at or past tail_start: it cannot skip again
                 can_skip = stalled & (self.offset + step + 1 < tail_start)
                 self.offset = torch.where(can_skip, tail_start - (step + 1), self.offset)
@@ -76,10 +103,12 @@ class EarlyExit:
                 active &= ~(stalled & ~can_skip)
                 if bool(can_skip.any()):
                     jumped = can_skip.nonzero().squeeze(1)
+                    self.uniform = False
             self._reference = best_dist.clone()
-        if self.steps is not None:
+        if schedule_end:
+            assert self.steps is not None
             active &= self.offset + step + 1 < self.steps  # this sample's schedule is over
-        return jumped
+        return jumped, changed
 
 
 class Tracker:
@@ -127,10 +156,17 @@ class Tracker:
         self.best_adv = torch.where(batch_view(better, self.x), adv, self.best_adv)
 
     def update(
-        self, idx: Tensor, adv: Tensor, dist: Tensor, is_adv: Tensor, finite: Tensor | None = None
+        self, idx: Rows, adv: Tensor, dist: Tensor, is_adv: Tensor, finite: Tensor | None = None
     ) -> None:
         """Record points ``adv`` (rows ``idx``) with distances ``dist``; keep the better adversarial ones."""
         adv, dist = adv.detach(), dist.detach()
+        if idx is ALL:  # every sample: no host sync, no gather
+            better = is_adv & (dist < self.best_dist)
+            self.best_dist = torch.where(better, dist, self.best_dist)
+            self.best_adv = torch.where(batch_view(better, adv), adv, self.best_adv)
+            if finite is not None:
+                self.nonfinite |= ~finite
+            return
         better = is_adv & (dist < self.best_dist[idx])
         if bool(better.any()):
             rows = idx[better]
@@ -139,37 +175,64 @@ class Tracker:
         if finite is not None:
             self.nonfinite[idx] |= ~finite
 
-    def mark_zero_gradient(self, idx: Tensor, zero: Tensor) -> None:
+    def mark_zero_gradient(self, idx: Rows, zero: Tensor) -> None:
         self.zero_gradient[idx] |= zero
 
     def iterations(
         self, steps: int, *, schedule: bool, delta: Tensor | None = None, radius: Tensor | None = None
-    ) -> Iterator[tuple[int, Tensor, Tensor | None]]:
-        """The attack loop: yields ``(step, active indices, schedule position or None)`` for each
+    ) -> Iterator[tuple[int, Rows, Tensor | float | None]]:
+        """The attack loop: yields ``(step, active rows, schedule position or None)`` for each
         of ``steps`` iterations while samples are active, applying early exit after each one.
+        The rows are ``...`` while every sample is active (see :data:`Rows`); the
+        position is one float while every sample is at the same step (see :meth:`EarlyExit.position`).
         A sample fast-forwarded by early exit restarts from its best point: ``delta`` (the
         perturbation iterate, (n, ...)) is set to ``best − x`` and ``radius`` (n,) to its norm."""
         self.early_exit.set_schedule(steps if schedule else None)
+        rows: Rows | None = None
+        changed = True
         for i in range(steps):
-            idx = self.active_indices()
-            if idx.numel() == 0:
-                return
-            yield i, idx, (self.early_exit.position(idx, i, self.x.dtype) if schedule else None)
-            jumped = self.early_exit.after_step(i, self.best_dist, self.active)
+            if changed or rows is None:  # attacks without a schedule may also change ``active``
+                idx = self.active_indices()
+                if idx.numel() == 0:
+                    return
+                rows = ALL if idx.numel() == self.x.shape[0] else idx
+            yield i, rows, (self.early_exit.position(rows, i, self.x.dtype) if schedule else None)
+            jumped, changed = self.early_exit.after_step(i, self.best_dist, self.active)
             if jumped is not None and delta is not None:
                 delta[jumped] = self.best_adv[jumped] - self.x[jumped]
                 if radius is not None:
                     radius[jumped] = self.best_dist[jumped]
 
 
-def gradient_direction(grad: Tensor, tracker: Tracker, idx: Tensor) -> Tensor:
-    """Unit-L2 direction of ``grad`` per sample; random where the gradient vanished (flagged)."""
-    grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+def write_rows(t: Tensor, rows: Rows, value: Tensor) -> None:
+    """``t[rows] = value``, skipped where ``value`` already is ``t`` (the view ``t[...]`` updated
+    in place while every sample is active)."""
+    if rows is not ALL or value.data_ptr() != t.data_ptr():
+        t[rows] = value
+
+
+def step_along_gradient(
+    delta: Tensor, grad: Tensor, size: Tensor | float, tracker: Tracker, idx: Rows
+) -> Tensor:
+    """``δ += size · grad / ‖grad‖₂`` per sample, in place (the normalised gradient step of DDN
+    and FMN; ``size`` (n,) or one float), and return δ. Non-finite entries of ``grad`` read as
+    0; where the gradient vanished the step goes along a random unit direction (flagged)."""
+    tiny = torch.finfo(grad.dtype).tiny
     norms = l2_norm(grad)
-    zero = norms <= torch.finfo(grad.dtype).tiny * 1e3
-    tracker.mark_zero_gradient(idx, zero)
-    direction = grad / batch_view(norms.clamp_min(torch.finfo(grad.dtype).tiny), grad)
-    if bool(zero.any()):
-        noise = torch.randn_like(direction[zero])
-        direction[zero] = noise / batch_view(l2_norm(noise), noise)
-    return direction
+    irregular = ~((norms > tiny * 1e3) & (norms < math.inf))  # vanished or non-finite (NaN fails both)
+    if bool(irregular.any()):  # rare: replace those rows by a unit direction (norm 1)
+        rows = irregular.nonzero().squeeze(1)
+        g = torch.nan_to_num(grad[rows], nan=0.0, posinf=0.0, neginf=0.0)
+        g_norms = l2_norm(g)
+        zero = g_norms <= tiny * 1e3
+        tracker.mark_zero_gradient(select(idx, irregular), zero)
+        g = g / batch_view(g_norms.clamp_min(tiny), g)
+        if bool(zero.any()):
+            noise = torch.randn_like(g[zero])
+            g[zero] = noise / batch_view(l2_norm(noise), noise)
+        grad = grad.clone()  # autograd's gradient may be an expanded view
+        grad[rows] = g
+        norms = torch.where(irregular, 1.0, norms)
+    if isinstance(size, float):
+        return delta.addcdiv_(grad, batch_view(norms, grad), value=size)
+    return delta.addcdiv_(grad, batch_view(norms / size, grad))

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from salign.attacks._engine import Attack
 from salign.attacks._ops import adversarial, batch_view, check_positive, l2_norm, logit_margin
-from salign.attacks._tracker import Tracker
+from salign.attacks._tracker import Rows, Tracker, write_rows
 from salign.attacks.result import AttackResult
 
 
@@ -30,6 +30,14 @@ def penalty_p2(y: Tensor, rho: Tensor, mu: Tensor) -> Tensor:
     ``y ≥ 0`` and ``μy / (1 − ρy)`` for ``y < 0``."""
     positive = mu * y + mu * rho * y**2 + rho**2 * y**3 / 6
     negative = mu * y / (1 - rho * y.clamp(max=0))
+    return torch.where(y >= 0, positive, negative)
+
+
+def penalty_p2_derivative(y: Tensor, rho: Tensor, mu: Tensor) -> Tensor:
+    """``∂P2/∂y`` in closed form (the multiplier update of eq. 11): ``μ + 2μρy + ρ²y²/2`` for
+    ``y ≥ 0`` and ``μ / (1 − ρy)²`` for ``y < 0``."""
+    positive = mu + 2 * mu * rho * y + rho**2 * y**2 / 2
+    negative = mu / (1 - rho * y.clamp(max=0)) ** 2
     return torch.where(y >= 0, positive, negative)
 
 
@@ -130,7 +138,7 @@ class ALMA(Attack):
         if self.init_lr_distance is not None:
             check_positive(self.init_lr_distance, "init_lr_distance")
 
-    def _multipliers(self, s: _State, idx: Tensor, i: int, constraint: Tensor) -> tuple[Tensor, Tensor]:
+    def _multipliers(self, s: _State, idx: Rows, i: int, constraint: Tensor) -> tuple[Tensor, Tensor]:
         """ρ and μ of the samples ``idx`` for step ``i`` (Algorithm 1 and eq. 11)."""
         r, m = s.rho[idx], s.mu[idx]
         if i == 0:
@@ -141,16 +149,15 @@ class ALMA(Attack):
             r = torch.where(stalled, self.rho_growth * r, r)
             s.rho[idx] = r
             s.prev[idx] = constraint
-        y = constraint.requires_grad_(True)
         if i > 0:
             # multiplier update: exponential moving average of ∂P/∂y (eq. 11)
-            (new_mu,) = torch.autograd.grad(penalty_p2(y, r, m).sum(), y)
-            m = (self.alpha * m + (1 - self.alpha) * new_mu).clamp(1e-6, 1e12)
+            new_mu = penalty_p2_derivative(constraint, r, m)
+            m = torch.lerp(m, new_mu, 1 - self.alpha).clamp(1e-6, 1e12)
             s.mu[idx] = m
         return r, m
 
     def _step(
-        self, s: _State, idx: Tensor, i: int, position: Tensor, grad: Tensor, xa: Tensor, d: Tensor
+        self, s: _State, idx: Rows, i: int, position: Tensor | float, grad: Tensor, xa: Tensor, d: Tensor
     ) -> None:
         """RMSProp with momentum on δ, learning rate decaying from the first adversarial step."""
         if i == 0 and self.init_lr_distance is not None:
@@ -162,12 +169,13 @@ class ALMA(Attack):
         sf = s.step_found[idx]
         decay = self.lr_reduction ** ((position - sf).clamp(min=0) / (self.steps - sf).clamp(min=1))
         step = s.lr[idx] * decay
-        sq = self.alpha * s.square_avg[idx] + (1 - self.alpha) * grad * grad
-        s.square_avg[idx] = sq
-        mom = self.alpha * s.momentum[idx] + grad / (sq.sqrt() + 1e-8)
-        s.momentum[idx] = mom
-        d = d - batch_view(step, d) * mom
-        s.delta[idx] = (xa + d).clamp(0, 1) - xa
+        # in place (on the state itself while every sample is active)
+        sq = s.square_avg[idx].mul_(self.alpha).addcmul_(grad, grad, value=1 - self.alpha)
+        write_rows(s.square_avg, idx, sq)
+        mom = s.momentum[idx].mul_(self.alpha).addcdiv_(grad, sq.sqrt().add_(1e-8))
+        write_rows(s.momentum, idx, mom)
+        d = d.addcmul_(batch_view(step, d), mom, value=-1)
+        write_rows(s.delta, idx, d.add_(xa).clamp_(0, 1).sub_(xa))
 
     def iterate(self, model: nn.Module, tracker: Tracker, start: Tensor | None) -> None:
         x, labels = tracker.x, tracker.labels
@@ -176,7 +184,8 @@ class ALMA(Attack):
             assert position is not None
             xa, lab = x[idx], labels[idx]
             d = s.delta[idx].requires_grad_(True)
-            logits = model(xa + d)
+            point = xa + d
+            logits = model(point)
             constraint = logit_ratio(logits, lab, self.logit_tolerance)  # ≤ 0 means adversarial
             r, m = self._multipliers(s, idx, i, constraint.detach())
             dist = l2_norm(d)
@@ -187,10 +196,10 @@ class ALMA(Attack):
             with torch.no_grad():
                 d = d.detach()
                 is_adv, finite = adversarial(logits, lab)
-                tracker.update(idx, xa + d, dist.detach(), is_adv, finite)
-                newly = is_adv & ~s.found[idx]
-                s.step_found[idx[newly]] = position[newly]
-                s.found[idx] |= is_adv
+                tracker.update(idx, point, dist.detach(), is_adv, finite)
+                found = s.found[idx]
+                s.step_found[idx] = torch.where(is_adv & ~found, position, s.step_found[idx])
+                s.found[idx] = found | is_adv
                 grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
                 tracker.mark_zero_gradient(idx, l2_norm(grad) <= 1e-12)
                 self._step(s, idx, i, position, grad, xa, d)
@@ -202,4 +211,4 @@ def alma(model: nn.Module, x: Tensor, labels: Tensor | None = None, **options: A
     return ALMA.attack(model, x, labels, **options)
 
 
-__all__ = ["ALMA", "alma", "logit_ratio", "penalty_p2"]
+__all__ = ["ALMA", "alma", "logit_ratio", "penalty_p2", "penalty_p2_derivative"]

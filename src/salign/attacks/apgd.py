@@ -24,7 +24,7 @@ from salign.attacks._ops import (
     project_on_ball,
     project_on_l1_ball_in_box,
 )
-from salign.attacks._tracker import Tracker
+from salign.attacks._tracker import Tracker, select
 from salign.attacks.result import AttackResult
 from salign.errors import InputError
 
@@ -212,7 +212,8 @@ class APGD(Attack):
             xa, lab = x[idx], labels[idx]
             d = delta[idx].requires_grad_(True)
             with torch.enable_grad():
-                logits = model(xa + d)
+                point = xa + d
+                logits = model(point)
                 if self.loss == "dlr" and logits.shape[1] < 3:
                     raise InputError(
                         f"APGD's DLR loss needs at least 3 classes, the model has {logits.shape[1]}"
@@ -222,12 +223,12 @@ class APGD(Attack):
             with torch.no_grad():
                 d, loss = d.detach(), loss.detach()
                 is_adv, finite = adversarial(logits.detach(), lab)
-                tracker.update(idx, xa + d, lp_norm(d, self.norm), is_adv, finite)
+                tracker.update(idx, point, lp_norm(d, self.norm), is_adv, finite)
                 grad[idx] = g
                 raised[idx] += (loss > last_loss[idx]).to(x.dtype)
                 last_loss[idx] = loss
                 better = loss > best_loss[idx]
-                rows = idx[better]
+                rows = select(idx, better)
                 best_loss[rows], best_delta[rows], best_grad[rows] = loss[better], d[better], g[better]
                 if i + 1 == next_check:  # the step-size check (Algorithm 1, conditions 1 and 2)
                     length = windows[window]
@@ -246,11 +247,11 @@ class APGD(Attack):
                         checked_loss[idx] = best_loss[idx]
                         step[idx] = torch.where(restart, step[idx] / 2, step[idx])
                     raised[idx] = 0
-                    back = idx[restart]
+                    back = select(idx, restart)
                     delta[back], grad[back] = best_delta[back], best_grad[back]
                     window += 1
                     next_check += windows[window] if window < len(windows) else self.steps + 1
-                tracker.active[idx[is_adv]] = False  # broken at ε: done
+                tracker.active[select(idx, is_adv)] = False  # broken at ε: done
                 d_now = delta[idx]
                 z = self._project(
                     d_now + batch_view(step[idx], d_now) * self._direction(grad[idx], sparsity[idx]),

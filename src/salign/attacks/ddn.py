@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -11,8 +10,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from salign.attacks._engine import Attack
-from salign.attacks._ops import adversarial, batch_view, check_choice, check_positive, l2_norm, logit_margin
-from salign.attacks._tracker import Tracker, gradient_direction
+from salign.attacks._ops import (
+    adversarial,
+    batch_view,
+    check_choice,
+    check_positive,
+    cosine_annealing,
+    l2_norm,
+    logit_margin,
+)
+from salign.attacks._tracker import Tracker, step_along_gradient, write_rows
 from salign.attacks.result import AttackResult
 
 #: Fraction of the schedule (its tail) that ``loss="ce_then_margin"`` runs on the margin.
@@ -67,13 +74,13 @@ class DDN(Attack):
         check_positive(self.init_norm, "init_norm")
         check_choice(self.loss, "loss", LOSSES)
 
-    def _objective(self, logits: Tensor, labels: Tensor, position: Tensor) -> Tensor:
+    def _objective(self, logits: Tensor, labels: Tensor, position: Tensor | float) -> Tensor:
         """The summed loss whose ascent moves the samples away from their labels."""
-        if self.loss == "ce":
+        tail = position >= (1 - MARGIN_TAIL) * self.steps  # for "ce_then_margin"
+        if self.loss == "ce" or tail is False:
             return F.cross_entropy(logits, labels, reduction="sum")
-        if self.loss == "margin":
+        if self.loss == "margin" or tail is True:
             return -logit_margin(logits, labels).sum()
-        tail = position >= (1 - MARGIN_TAIL) * self.steps  # "ce_then_margin"
         per_sample = torch.where(
             tail, -logit_margin(logits, labels), F.cross_entropy(logits, labels, reduction="none")
         )
@@ -90,23 +97,25 @@ class DDN(Attack):
         worst = l2_norm(torch.maximum(x, 1 - x))
         for _, idx, position in tracker.iterations(steps, schedule=True, delta=delta, radius=eps):
             assert position is not None
-            cosine = (1 + torch.cos(math.pi * position / steps)) / 2
-            alpha = self.alpha_final + (self.alpha_init - self.alpha_final) * cosine
+            alpha = cosine_annealing(position, steps, self.alpha_init, self.alpha_final)
             xa, lab = x[idx], labels[idx]
             d = delta[idx].requires_grad_(True)
-            logits = model(xa + d)
+            point = xa + d
+            logits = model(point)
             (grad,) = torch.autograd.grad(self._objective(logits, lab, position), d)
             with torch.no_grad():
                 d = d.detach()
                 is_adv, finite = adversarial(logits, lab)
-                tracker.update(idx, xa + d, l2_norm(d), is_adv, finite)
-                direction = gradient_direction(grad, tracker, idx)  # ascent on the loss of the label
-                e = eps[idx] * torch.where(is_adv, 1 - self.gamma, 1 + self.gamma)  # decoupled norm update
+                tracker.update(idx, point, l2_norm(d), is_adv, finite)
+                e = eps[idx]
+                e = torch.where(is_adv, e * (1 - self.gamma), e * (1 + self.gamma))  # decoupled norm update
                 e = torch.minimum(e, worst[idx])
                 eps[idx] = e
-                d = d + batch_view(alpha, d) * direction
-                d = d * batch_view(e / l2_norm(d).clamp_min(1e-12), d)  # project onto the ε-sphere
-                delta[idx] = (xa + d).clamp(0, 1) - xa
+                # in place (d is delta itself while every sample is active): ascent on the loss
+                # of the label, then onto the ε-sphere and into the box
+                d = step_along_gradient(d, grad, alpha, tracker, idx)
+                d.mul_(batch_view(e / l2_norm(d).clamp_min(1e-12), d))
+                write_rows(delta, idx, d.add_(xa).clamp_(0, 1).sub_(xa))
 
 
 def ddn(model: nn.Module, x: Tensor, labels: Tensor | None = None, **options: Any) -> AttackResult:

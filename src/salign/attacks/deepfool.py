@@ -18,7 +18,7 @@ from salign.attacks._ops import (
     lp_norm,
     minimal_step,
 )
-from salign.attacks._tracker import Tracker
+from salign.attacks._tracker import Tracker, select
 from salign.attacks.result import AttackResult
 from salign.errors import InputError
 
@@ -36,7 +36,7 @@ def _nearest_linearised_step(
     would cut where it saturates. Without it (the paper's form, what robustness() runs), the
     1e-4 is added to the logit gap, as this attack always did: its results are those documented."""
     w = w.flatten(2)
-    w_norm = w.norm(dim=2) if norm == 2 else w.norm(p=dual_exponent(norm), dim=2)  # ‖w_k‖_q
+    w_norm = lp_norm(w, dual_exponent(norm), start_dim=2)  # ‖w_k‖_q
     ratio = f.abs() / w_norm.clamp_min(1e-12)  # linearised distance to each boundary (eq. 8 / 11)
     ratio = torch.where(w_norm > 1e-12, ratio, torch.full_like(ratio, float("inf")))
     best = ratio.argmin(1)
@@ -119,7 +119,7 @@ class DeepFool(Attack):
             logits, point = graph_logits.detach(), leaf.detach()
             is_adv, finite = adversarial(logits, lab)
             tracker.update(idx, point, lp_norm(point - xa, self.norm), is_adv, finite)
-            tracker.active[idx[is_adv | ~finite]] = False
+            tracker.active[select(idx, is_adv | ~finite)] = False
             keep = ~is_adv & finite
             if not bool(keep.any()):
                 break
@@ -127,7 +127,7 @@ class DeepFool(Attack):
             # stopped cost one wasted backward row each, and the next step forwards the rest only
             classes = label_and_rivals(logits, lab, self.candidates)
             f, w = margin_gradients(leaf, graph_logits, classes)
-            f, w, idx, point = f[keep], w[keep], idx[keep], point[keep]
+            f, w, idx, point = f[keep], w[keep], select(idx, keep), point[keep]
             box = point if self.clamp_each_step else None
             r, zero = _nearest_linearised_step(f, w, tracker, idx, self.norm, box)
             if self.clamp_each_step:

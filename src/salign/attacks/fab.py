@@ -13,7 +13,7 @@ from salign._norms import NORMS, dual_exponent, parse_norm
 from salign.attacks._engine import Attack
 from salign.attacks._model import label_and_rivals, margin_gradients
 from salign.attacks._ops import adversarial, batch_view, box_hyperplane_step, check_positive, lp_norm
-from salign.attacks._tracker import Tracker
+from salign.attacks._tracker import Tracker, select
 from salign.attacks.result import AttackResult
 from salign.errors import InputError
 
@@ -150,10 +150,10 @@ class FAB(Attack):
                 f, w = margin_gradients(leaf, graph_logits, classes)  # f_s = Ψ_s − Ψ_y at x⁽ⁱ⁾
                 with torch.no_grad():
                     w = torch.nan_to_num(w.flatten(2))
-                    dual = w.norm(p=q, dim=2)
+                    dual = lp_norm(w, q, start_dim=2)
                     dist = torch.where(dual > 1e-12, f.abs() / dual.clamp_min(1e-30), float("inf"))
                     s = dist.argmin(1)
-                    rows = torch.arange(len(idx), device=x.device)
+                    rows = torch.arange(xa.shape[0], device=x.device)
                     zero = ~torch.isfinite(dist[rows, s])
                     tracker.mark_zero_gradient(idx, zero)
                     new = self._step(xa, cur, f[rows, s], w[rows, s])
@@ -161,7 +161,7 @@ class FAB(Attack):
                     tracker.update(idx, new, lp_norm(new - xa, self.norm), is_adv, finite)
                     new = torch.where(batch_view(is_adv, new), (1 - self.beta) * xa + self.beta * new, new)
                     point[idx] = torch.where(batch_view(zero, new), cur, new)
-                    tracker.active[idx[zero | ~finite]] = False
+                    tracker.active[select(idx, zero | ~finite)] = False
 
 
 def fab(model: nn.Module, x: Tensor, labels: Tensor | None = None, **options: Any) -> AttackResult:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -13,15 +12,15 @@ from salign._norms import NORMS, dual_exponent, parse_norm
 from salign.attacks._engine import Attack
 from salign.attacks._ops import (
     adversarial,
-    batch_view,
     check_positive,
+    cosine_annealing,
     l2_norm,
     logit_margin,
     lp_norm,
     project_on_ball,
 )
 from salign.attacks._refine import boundary_search
-from salign.attacks._tracker import Tracker, gradient_direction
+from salign.attacks._tracker import Tracker, step_along_gradient, write_rows
 from salign.attacks.result import AttackResult
 
 
@@ -101,7 +100,7 @@ class FMN(Attack):
         is_adv: Tensor,
         seen: Tensor,
         best: Tensor,
-        gamma: Tensor,
+        gamma: Tensor | float,
     ) -> Tensor:
         """The ε update (Algorithm 1, lines 6–9): shrink if adversarial, grow otherwise; before
         the first adversarial point, the linearised distance to the boundary."""
@@ -125,19 +124,19 @@ class FMN(Attack):
         worst = lp_norm(torch.maximum(x, 1 - x), self.norm)
         for _, idx, position in tracker.iterations(steps, schedule=True, delta=delta, radius=eps):
             assert position is not None
-            cosine = (1 + torch.cos(math.pi * position / steps)) / 2
-            alpha = alpha_final + (self.alpha_init - alpha_final) * cosine
-            gamma = self.gamma_final + (self.gamma_init - self.gamma_final) * cosine
+            alpha = cosine_annealing(position, steps, self.alpha_init, alpha_final)
+            gamma = cosine_annealing(position, steps, self.gamma_init, self.gamma_final)
             xa, lab = x[idx], labels[idx]
             d = delta[idx].requires_grad_(True)
-            logits = model(xa + d)
+            point = xa + d
+            logits = model(point)
             margin = logit_margin(logits, lab)
             (grad,) = torch.autograd.grad(-margin.sum(), d)  # ascent direction of −margin
             with torch.no_grad():
                 d = d.detach()
                 d_norm = lp_norm(d, self.norm)
                 is_adv, finite = adversarial(logits, lab)
-                tracker.update(idx, xa + d, d_norm, is_adv, finite)
+                tracker.update(idx, point, d_norm, is_adv, finite)
                 seen = found[idx] | is_adv
                 found[idx] = seen
                 e = self._radius(
@@ -145,9 +144,10 @@ class FMN(Attack):
                 )
                 e = torch.minimum(torch.nan_to_num(e, nan=float("inf")), worst[idx])
                 eps[idx] = e
-                d = d + batch_view(alpha, d) * gradient_direction(grad, tracker, idx)
-                d = project_on_ball(d, e, self.norm)  # onto the ε-ball
-                delta[idx] = (xa + d).clamp(0, 1) - xa
+                # in place: d is delta itself while every sample is active
+                d = step_along_gradient(d, grad, alpha, tracker, idx)
+                d = project_on_ball(d, e, self.norm, inplace=True)  # onto the ε-ball
+                write_rows(delta, idx, d.add_(xa).clamp_(0, 1).sub_(xa))
 
 
 def fmn(model: nn.Module, x: Tensor, labels: Tensor | None = None, **options: Any) -> AttackResult:
