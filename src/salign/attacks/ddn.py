@@ -76,11 +76,15 @@ class DDN(Attack):
 
     def _objective(self, logits: Tensor, labels: Tensor, position: Tensor | float) -> Tensor:
         """The summed loss whose ascent moves the samples away from their labels."""
-        tail = position >= (1 - MARGIN_TAIL) * self.steps  # for "ce_then_margin"
-        if self.loss == "ce" or tail is False:
+        if self.loss == "ce":
             return F.cross_entropy(logits, labels, reduction="sum")
-        if self.loss == "margin" or tail is True:
+        if self.loss == "margin":
             return -logit_margin(logits, labels).sum()
+        tail = position >= (1 - MARGIN_TAIL) * self.steps  # "ce_then_margin"
+        if isinstance(tail, bool):  # every sample at the same step
+            if tail:
+                return -logit_margin(logits, labels).sum()
+            return F.cross_entropy(logits, labels, reduction="sum")
         per_sample = torch.where(
             tail, -logit_margin(logits, labels), F.cross_entropy(logits, labels, reduction="none")
         )
