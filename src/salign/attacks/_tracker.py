@@ -183,6 +183,8 @@ class Tracker:
     ) -> Iterator[tuple[int, Rows, Tensor | float | None]]:
         """The attack loop: yields ``(step, active rows, schedule position or None)`` for each
         of ``steps`` iterations while samples are active, applying early exit after each one.
+        An attack with a schedule must not change ``active`` itself (its rows are recomputed
+        only where early exit may have changed them); attacks without one may.
         The rows are ``...`` while every sample is active (see :data:`Rows`); the
         position is one float while every sample is at the same step (see :meth:`EarlyExit.position`).
         A sample fast-forwarded by early exit restarts from its best point: ``delta`` (the
