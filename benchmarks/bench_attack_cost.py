@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import math
+import os
 import platform
 import sys
 import time
@@ -41,7 +43,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import salign
-from bench_attacks import AA_NORMS, get_model, median, pname, run_peer
+from bench_attacks import AA_NORMS, CACHE, current_commit, get_model, median, pname, run_peer
+from salign._io import write_text_atomic
 from salign.attacks import ALMA, APGD, DDN, FAB, FMN, CarliniWagner, DeepFool
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,7 +106,6 @@ MALLOC_TUNED = " · glibc trim off"
 def paired_row(label: str, times: dict[str, list[float]], repeats: int, steps: int) -> str:
     """``| attack | repeats | ours s | adv-lib s | ours ÷ adv-lib: median [95% CI] | repeats
     where ours was faster | minor page faults per step: ours · adv-lib | measured |``."""
-    import os
 
     ratios = [a / b for a, b in zip(times["ours"], times["adv-lib"], strict=True)]
     lo, hi = median_interval(ratios)
@@ -290,10 +292,6 @@ def main() -> None:
     table = pairs(args.steps)
     only = [s.strip() for s in args.only.split(",")] if args.only else list(table)
     peers = ("adv-lib", "foolbox", "pyautoattack")
-    import json
-    import os
-
-    from bench_attacks import CACHE, current_commit
 
     tag = ("" if args.model == "smallnet" else f"_{args.model}") + ("_paired" if args.paired else "")
     cache_path = CACHE / f"attack_cost{tag}_n{args.n}_s{args.steps}_from{args.first}.json"
@@ -310,7 +308,6 @@ def main() -> None:
             steps = 50 if label.startswith("DeepFool") else args.steps
             cache[key] = {"row": paired_row(key, times, args.repeats, steps), "commit": current_commit()}
             print(cache[key]["row"], file=sys.stderr, flush=True)
-            from salign._io import write_text_atomic
 
             write_text_atomic(cache_path, json.dumps(cache))
             continue
@@ -344,12 +341,10 @@ def main() -> None:
         cells += [calls, meds, when]
         cache[label] = {"row": "| " + " | ".join(cells) + " |", "commit": current_commit()}
         print(cache[label]["row"], file=sys.stderr, flush=True)
-        from salign._io import write_text_atomic
 
         write_text_atomic(cache_path, json.dumps(cache))
     text = page(args, list(table))
     print(text)
-    from salign._io import write_text_atomic
 
     write_text_atomic(DOC, text + "\n")
 
@@ -364,7 +359,6 @@ HEADER = (
 def table_rows(path: Path, labels: list[str]) -> tuple[list[str], list[str]]:
     """The cached rows of ``labels`` (rows from before the own-work column get a dash there) and
     the commits they were measured at."""
-    import json
 
     cache = json.loads(path.read_text()) if path.exists() else {}
     rows = []
@@ -379,12 +373,10 @@ def table_rows(path: Path, labels: list[str]) -> tuple[list[str], list[str]]:
 
 def page(args: argparse.Namespace, labels: list[str]) -> str:
     """docs/benchmarks/attacks-cost.md from the cached rows of both models."""
-    from bench_attacks import CACHE
 
     suffix = f"_n{args.n}_s{args.steps}_from{args.first}.json"
     small, small_commits = table_rows(CACHE / f"attack_cost{suffix}", labels)
     linear, linear_commits = table_rows(CACHE / f"attack_cost_linear{suffix}", labels)
-    import json
 
     paired_path = CACHE / f"attack_cost_paired{suffix}"
     paired_cache = json.loads(paired_path.read_text()) if paired_path.exists() else {}

@@ -160,11 +160,12 @@ def margin_gradients(leaf: Tensor, logits: Tensor, classes: Tensor) -> tuple[Ten
         picked = logits.gather(1, classes)
         differences = picked[:, 1:] - picked[:, :1]
         minus_label = torch.zeros_like(logits).scatter_(1, classes[:, :1], -1.0)
+        ones = torch.ones_like(picked[:, :1])
     grads = []
     for j in range(differences.shape[1]):
         # the backward starts at the logits with ∂f_j/∂Ψ = e_{c_j} − e_{c_0}: no graph nodes for
         # the gather and the difference
-        seed = minus_label.scatter_add(1, classes[:, j + 1 : j + 2], torch.ones_like(picked[:, :1]))
+        seed = minus_label.scatter_add(1, classes[:, j + 1 : j + 2], ones)
         last = j + 1 == differences.shape[1]
         (g,) = torch.autograd.grad(logits, leaf, grad_outputs=seed, retain_graph=not last)
         grads.append(g)

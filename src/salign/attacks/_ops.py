@@ -26,7 +26,7 @@ def cosine_annealing(position: Tensor | float, steps: int, start: float, end: fl
 
 def l2_norm(t: Tensor) -> Tensor:
     """Per-sample L2 norm of a batch."""
-    return torch.linalg.vector_norm(t.flatten(1), dim=1)
+    return lp_norm(t, 2.0)
 
 
 def lp_norm(t: Tensor, p: float, start_dim: int = 1) -> Tensor:
@@ -37,8 +37,6 @@ def lp_norm(t: Tensor, p: float, start_dim: int = 1) -> Tensor:
     iteration of an attack; docs/benchmarks/attacks-cost.md).
     """
     flat = t.flatten(start_dim)
-    if p == 2:
-        return torch.linalg.vector_norm(flat, dim=-1)
     if math.isinf(p):
         return flat.abs().amax(-1)
     if p == 1:

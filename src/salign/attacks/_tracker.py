@@ -161,9 +161,7 @@ class Tracker:
         """Record points ``adv`` (rows ``idx``) with distances ``dist``; keep the better adversarial ones."""
         adv, dist = adv.detach(), dist.detach()
         if idx is ALL:  # every sample: no host sync, no gather
-            better = is_adv & (dist < self.best_dist)
-            self.best_dist = torch.where(better, dist, self.best_dist)
-            self.best_adv = torch.where(batch_view(better, adv), adv, self.best_adv)
+            self.absorb(adv, torch.where(is_adv, dist, math.inf))
             if finite is not None:
                 self.nonfinite |= ~finite
             return
