@@ -17,10 +17,9 @@ Usage::
     .venv/bin/python benchmarks/bench_attack_cost.py --only "DDN L2,FMN L∞" --repeats 7
 
 Writes docs/benchmarks/attacks-cost.md (then ``python benchmarks/run_all.py --assemble``
-rebuilds docs/benchmarks.md). adv-lib is not in requirements-lock.txt: its dependency visdom
-builds from an sdist that needs setuptools < 70 (install with ``printf 'setuptools<70\\n' >
-b.txt; pip install --build-constraint b.txt adv-lib==0.2.8``); missing peers are left out
-with a message.
+rebuilds docs/benchmarks.md). adv-lib is not in requirements-lock.txt (its dependency visdom
+builds from an sdist that needs setuptools < 70): ``make peers`` installs it, and ``make bench``
+does first; missing peers are left out with a message.
 """
 
 from __future__ import annotations
@@ -163,7 +162,7 @@ def pairs(steps: int) -> dict[str, tuple[float, dict[str, Run]]]:
             m, x, y, binary_search_steps=5, max_iterations=cw_steps
         )
     except ImportError:
-        print("adv-lib not installed: its columns are left out (see the module docstring)", file=sys.stderr)
+        print("adv-lib not installed (`make peers` installs it): its columns are left out", file=sys.stderr)
     try:
         import foolbox as fb
 
