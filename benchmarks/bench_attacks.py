@@ -223,6 +223,11 @@ def bench_model(
             labels,
         ),
     )
+    # adv-lib 0.2.8 (the most efficient peer; `make peers`): its L2 FMN, DDN, ALMA and FAB join
+    # the envelope at the same steps
+    for key, run in peer_runs(2.0, steps).items():
+        if key.startswith("advlib"):
+            add(key, run(model, x, labels))
     for s in sweep:
         add(f"ours ddn {s}", ours(ddn, model, x, labels, steps=s, patience=max(10, s // 5)))
         add(f"fb ddn {s}", run_foolbox(fb.attacks.DDNAttack(steps=s), model, x, labels))
