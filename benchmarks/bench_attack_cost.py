@@ -15,9 +15,11 @@ Usage::
 
     .venv/bin/python benchmarks/bench_attack_cost.py                 # every pair, 300 steps
     .venv/bin/python benchmarks/bench_attack_cost.py --only "DDN L2,FMN L∞" --repeats 7
+    .venv/bin/python benchmarks/bench_attack_cost.py --paired --repeats 21  # ours vs adv-lib, CI
+    python benchmarks/bench_attack_cost.py --paired --device cuda --n 500 --no-doc   # on a GPU
 
 Writes docs/benchmarks/attacks-cost.md (then ``python benchmarks/run_all.py --assemble``
-rebuilds docs/benchmarks.md). adv-lib is not in requirements-lock.txt (its dependency visdom
+rebuilds docs/benchmarks.md); the GPU rows (cached apart, ``_cuda``) get their own section. adv-lib is not in requirements-lock.txt (its dependency visdom
 builds from an sdist that needs setuptools < 70): ``make peers`` installs it, and ``make bench``
 does first; missing peers are left out with a message.
 """
@@ -228,14 +230,29 @@ def measure(
     times: dict[str, list[float]] = {side: [] for side in names}
     for rep in range(repeats):
         for side in names[rep % len(names) :] + names[: rep % len(names)]:
+            synchronize(x.device)
             faults = minor_faults()
             start = time.perf_counter()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 sides[side](model, x, labels)
+            synchronize(x.device)
             times[side].append(time.perf_counter() - start)
             FAULTS.setdefault(side, []).append(minor_faults() - faults)
     return times, counted
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's architecture."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued kernels (CUDA), so that a timing covers the work it started."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 #: Minor page faults per timed run of each side (of the last :func:`measure`), where the OS
@@ -279,13 +296,24 @@ def main() -> None:
         help="ours and adv-lib only, alternating, with a 95%% confidence interval of the median ratio "
         "(for many repeats: the SmallNet's per-repeat noise is as large as the differences)",
     )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="cuda: the model and batch on the GPU, every timing synchronised (rows cached apart "
+        "and shown in their own section)",
+    )
+    parser.add_argument(
+        "--no-doc", action="store_true", help="only measure and cache the rows (no page written)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    device = torch.device(args.device)
     model = get_model(0.0, 1) if args.model == "smallnet" else linear_model()
+    model = model.to(device)
     for p in model.parameters():
         p.requires_grad_(False)  # every side gets a model that needs input gradients only
-    x = salign.data.load("mnist", "test")[0][args.first : args.first + args.n]
+    x = salign.data.load("mnist", "test")[0][args.first : args.first + args.n].to(device)
     with torch.no_grad():
         labels = model(x).argmax(1)
     table = pairs(args.steps)
@@ -293,6 +321,7 @@ def main() -> None:
     peers = ("adv-lib", "foolbox", "pyautoattack")
 
     tag = ("" if args.model == "smallnet" else f"_{args.model}") + ("_paired" if args.paired else "")
+    tag += "" if device.type == "cpu" else f"_{device.type}"
     cache_path = CACHE / f"attack_cost{tag}_n{args.n}_s{args.steps}_from{args.first}.json"
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     for label in only:
@@ -305,7 +334,11 @@ def main() -> None:
             times, _ = measure(sides, model, x, labels, norm, args.repeats)
             key = label + (MALLOC_TUNED if os.environ.get("MALLOC_TRIM_THRESHOLD_") else "")
             steps = 50 if label.startswith("DeepFool") else args.steps
-            cache[key] = {"row": paired_row(key, times, args.repeats, steps), "commit": current_commit()}
+            cache[key] = {
+                "row": paired_row(key, times, args.repeats, steps),
+                "commit": current_commit(),
+                "device": device_name(device),
+            }
             print(cache[key]["row"], file=sys.stderr, flush=True)
 
             write_text_atomic(cache_path, json.dumps(cache))
@@ -342,6 +375,9 @@ def main() -> None:
         print(cache[label]["row"], file=sys.stderr, flush=True)
 
         write_text_atomic(cache_path, json.dumps(cache))
+    if args.no_doc:
+        print(f"rows cached in {cache_path}", file=sys.stderr)
+        return
     text = page(args, list(table))
     print(text)
 
@@ -395,6 +431,24 @@ def page(args: argparse.Namespace, labels: list[str]) -> str:
         *paired,
         "",
     ]
+    cuda_section = []
+    for path in sorted(CACHE.glob(f"attack_cost_paired_cuda_n*_s{args.steps}_from{args.first}.json")):
+        cached = json.loads(path.read_text())
+        rows = [cached[label]["row"] for label in labels if label in cached]
+        n = path.stem.split("_n")[1].split("_")[0]
+        devices = ", ".join(sorted({cached[label].get("device", "?") for label in labels if label in cached}))
+        commits = ", ".join(sorted({cached[label]["commit"] for label in labels if label in cached}))
+        cuda_section += [
+            f"## On a GPU ({devices}), ours against adv-lib, {n} images (`--paired --device cuda --n {n}`); "
+            f"commit {commits}",
+            "",
+            "Model and batch on the GPU, `torch.cuda.synchronize()` before and after every timed "
+            "run; the page-fault column counts the host process's faults only.",
+            "",
+            *paired_section[4:6],
+            *rows,
+            "",
+        ]
     return "\n".join(
         [
             "# Attacks: cost at equal steps against every peer, and against the floor (issue 17)",
@@ -450,6 +504,7 @@ def page(args: argparse.Namespace, labels: list[str]) -> str:
             *small,
             "",
             *(paired_section if paired else []),
+            *cuda_section,
             f"## A linear model (784 → 10, `--model linear`); commit {', '.join(linear_commits)}",
             "",
             "The same attacks on a model whose forward and backward cost a few µs: the seconds are "

@@ -15,6 +15,9 @@
    (:func:`salign.training.precision.autocast_agreement`, ResNet-50 and EfficientNet-Lite0).
 4. The ratios of ``benchmarks/bench_imagenet.py`` on the GPU (``torch.cuda.synchronize`` inside
    every timing): analyze ÷ its floor, double-backprop step ÷ plain step, the loader's stall.
+5. Our attacks against adv-lib's at equal steps on the GPU (issue 17's cost goal where users run
+   them): ``bench_attack_cost.py --paired --device cuda`` on 500 MNIST test images, 300 steps,
+   7 alternating repeats (needs adv-lib: ``make peers``; skipped with a message without it).
 
 Prints a compact summary and writes ``gpu_check.json`` and ``gpu_check.md`` to ``--out`` (default
 ``$OUT`` when set, else a temporary folder); on CUDA (or with ``--write-doc``) the markdown block
@@ -31,6 +34,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -247,14 +251,56 @@ def check_ratios(
     }
 
 
+#: The attack pairs whose cost the issue compares with adv-lib (issue 17), timed on the GPU.
+COST_PAIRS = "FMN L2,DDN L2,ALMA L2,DeepFool L2,FMN L∞,DeepFool L∞,FMN L1"
+
+
+def check_attack_cost(
+    device: torch.device, n: int, steps: int, repeats: int, out_dir: Path, timeout: int
+) -> dict[str, Any]:
+    """Ours against adv-lib at equal steps on the device (``bench_attack_cost.py --paired``): the
+    cost goal of issue 17 where users run the attacks. Needs adv-lib (``make peers``; on a machine
+    without network, carried as wheels) and the plain SmallNet (benchmarks/.cache, or trained
+    there on MNIST in about a minute). The cached rows are copied to ``out_dir``: put the file into
+    benchmarks/.cache and run ``bench_attack_cost.py`` to add them to the cost page."""
+    import bench_attack_cost as bc
+
+    try:
+        import adv_lib  # noqa: F401
+    except ImportError:
+        return {"summary": "not run: adv-lib is not installed (`make peers`, or carry its wheels)"}
+    cmd = [sys.executable, "benchmarks/bench_attack_cost.py", "--paired", "--no-doc", "--device", device.type,
+           "--n", str(n), "--steps", str(steps), "--repeats", str(repeats), "--only", COST_PAIRS]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, env=env_with_src(), capture_output=True, text=True, timeout=timeout)
+    if proc.returncode:
+        raise RuntimeError(f"bench_attack_cost exit {proc.returncode}\n{proc.stderr[-3000:]}")
+    tag = "" if device.type == "cpu" else f"_{device.type}"
+    path = bc.CACHE / f"attack_cost_paired{tag}_n{n}_s{steps}_from200.json"
+    cached = json.loads(path.read_text())
+    shutil.copy(path, out_dir / path.name)
+    rows = [cached[label]["row"] for label in COST_PAIRS.split(",") if label in cached]
+    ratios = {row.split(" | ")[0].strip("| "): row.split(" | ")[4].split("**")[1] for row in rows}
+    return {
+        "summary": f"ours ÷ adv-lib ({n} images, {steps} steps): "
+        + ", ".join(f"{k} {v}" for k, v in ratios.items()),
+        "command": " ".join(cmd[1:]),
+        "markdown": [
+            "| attack | repeats | ours s | adv-lib s | ours ÷ adv-lib: median [95% CI] | repeats "
+            "where ours was faster | minor page faults per step: ours · adv-lib | measured |",
+            "|---|---|---|---|---|---|---|---|",
+            *rows,
+        ],
+    }
+
+
 def markdown(results: dict[str, dict[str, Any]], header: str) -> str:
     lines = [header, "", "| check | ok | seconds | result |", "|---|---|---:|---|"]
     for name, r in results.items():
         lines.append(f"| {name} | {'yes' if r['ok'] else '**no**'} | {r['seconds']} | "
                      f"{first_line(r).replace('|', '/')} |")  # fmt: skip
-    rat = results.get("ratios", {})
-    if rat.get("ok"):
-        lines += ["", *rat["markdown"]]
+    for key in ("ratios", "attack cost vs adv-lib"):
+        if results.get(key, {}).get("ok") and "markdown" in results[key]:
+            lines += ["", *results[key]["markdown"]]
     return "\n".join(lines) + "\n"
 
 
@@ -272,7 +318,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument(
         "--budget-s", type=float, default=450, help="stop starting checks after this many seconds"
     )
-    ap.add_argument("--only", default=None, help="comma list of checks: tests,torchrun,analyze,bf16,ratios")
+    ap.add_argument(
+        "--only", default=None, help="comma list of checks: tests,torchrun,analyze,bf16,ratios,cost"
+    )
     args = ap.parse_args(argv)
     cuda = torch.cuda.is_available()
     if not cuda and not args.allow_cpu:
@@ -297,6 +345,11 @@ def main(argv: list[str]) -> int:
                lambda: check_analyze_robustness(device, size, min(batch, 8), attack_steps))  # fmt: skip
     checks.run("bf16 vs fp32", "bf16", lambda: check_bf16(device, size, min(batch, 8)))
     checks.run("ratios", "ratios", lambda: check_ratios(device, size, batch, repeats, loader_steps=steps))
+    out_dir = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="gpu_check-"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cost = (500, 300, 7) if cuda else (5, 10, 2)  # images, steps, repeats
+    checks.run("attack cost vs adv-lib", "cost",
+               lambda: check_attack_cost(device, *cost, out_dir, timeout=240 if cuda else 600))  # fmt: skip
     name = torch.cuda.get_device_name(0) if cuda else f"CPU dry run ({platform.machine()})"
     header = (
         f"## GPU check ({'CUDA' if cuda else 'CPU dry run, tiny sizes'})\n\n"
@@ -306,8 +359,6 @@ def main(argv: list[str]) -> int:
         "(median and IQR; `torch.cuda.synchronize()` closes every timed call on CUDA)."
     )
     text = markdown(checks.results, header)
-    out_dir = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="gpu_check-"))
-    out_dir.mkdir(parents=True, exist_ok=True)
     payload = {k: {kk: vv for kk, vv in v.items() if kk != "markdown"} for k, v in checks.results.items()}
     (out_dir / "gpu_check.json").write_text(json.dumps(payload, indent=1, default=str), encoding="utf-8")
     (out_dir / "gpu_check.md").write_text(text, encoding="utf-8")
