@@ -152,12 +152,14 @@ ddn, fmn, alma, deepfool = tuned("ddn"), tuned("fmn"), tuned("alma"), tuned("dee
 
 
 def paper(attack: type) -> Any:
-    """Attack class ``attack`` with the paper's defaults, no refinement."""
+    """Attack class ``attack`` with the paper's defaults (FMN: its ε update, not our guarded
+    search), no refinement."""
+    options = {"guarded_search": False} if attack is FMN else {}
 
     def run(
         model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor, *, steps: int = 1000, **kw: Any
     ) -> Any:
-        return attack(steps=steps)(model, x, labels, **kw)
+        return attack(steps=steps, **options)(model, x, labels, **kw)
 
     return run
 

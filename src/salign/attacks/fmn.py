@@ -35,8 +35,15 @@ class FMN(Attack):
     adversarial point is set to the linearised distance ``‖δ‖_p + |margin| / ‖∇margin‖_q``
     (q the dual exponent). Step size α and γ follow cosine schedules. One algorithm for every p:
     only the norm, its dual and the projection change. The smallest adversarial point visited is returned.
-    With the defaults this is the paper's algorithm (its L2 setting ``alpha_init = 1``); ours
-    beyond it: ``guarded_search``, and a random direction where the gradient vanishes.
+    The defaults are the paper's (its L2 setting ``alpha_init = 1``) but for ``guarded_search``,
+    on by default: with the paper's ε update (``guarded_search=False``) the box clamp can hold
+    ‖δ‖ below ε so that a sample never turns adversarial. On 200 MNIST test images of the
+    benchmark SmallNets at 300 steps the paper's update found no adversarial point for 26% / 15%
+    of them in L2 (plain / gradient-regularised net) and 9.5% in L1, the guarded one for none;
+    the medians (failures counted as ∞) were 1.43 against 1.80 (L2, plain), 1.74 against 2.01
+    (L2, regularised), 6.48 against 6.87 (L1), and 0.1245 against 0.1247 in L∞, where both
+    found every sample. It costs no model call. Ours beyond the paper too: a random direction
+    where the gradient vanishes.
 
     Attributes:
         norm: the Lp norm minimised: 2 (default), 1 or ``float("inf")``.
@@ -47,9 +54,10 @@ class FMN(Attack):
         gamma_init: initial ε change factor (0.05).
         gamma_final: final ε change factor (0.001).
         guarded_search: before the first adversarial point, set ε to ``(1 + γ)`` times the
-            linearised distance and never below ``(1 + γ)`` times the previous ε (ours, on in
-            :func:`robustness`): without the factor an exactly linear model stalls on the
-            boundary itself, and without the growth the box clamp can hold δ below ε forever.
+            linearised distance and never below ``(1 + γ)`` times the previous ε (ours, the
+            default; ``False``: the paper's update): without the factor an exactly linear model
+            stalls on the boundary itself, and without the growth the box clamp can hold δ
+            below ε forever.
         start_search_steps: bisection steps that move a warm start onto the boundary first, as
             in the paper's warm-start variant.
     """
@@ -62,7 +70,7 @@ class FMN(Attack):
     alpha_final: float | None = None
     gamma_init: float = 0.05
     gamma_final: float = 0.001
-    guarded_search: bool = False
+    guarded_search: bool = True
     start_search_steps: int = 10
 
     def __post_init__(self) -> None:
@@ -151,7 +159,7 @@ class FMN(Attack):
 
 
 def fmn(model: nn.Module, x: Tensor, labels: Tensor | None = None, **options: Any) -> AttackResult:
-    """Fast Minimum-Norm L2 attack (Pintor et al., NeurIPS 2021), the paper's defaults: ``FMN(**opts)(model, x, labels, **settings)``, with
+    """Fast Minimum-Norm L2 attack (Pintor et al., NeurIPS 2021), the paper's defaults with the guarded ε search: ``FMN(**opts)(model, x, labels, **settings)``, with
     ``options`` split into the fields of :class:`FMN` and the run settings of :meth:`Attack.__call__`."""
     return FMN.attack(model, x, labels, **options)
 
