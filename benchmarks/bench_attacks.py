@@ -800,7 +800,7 @@ def main() -> None:
         summary[name] = {**part["ratios"], **early_exit_ratios(part["lines"], args.steps)}
     cmd = " ".join([".venv/bin/python benchmarks/bench_attacks.py", *sys.argv[1:]])
     head = [
-        "# Attacks: quality and cost vs foolbox 3.3.4",
+        "# Attacks: quality and cost vs foolbox 3.3.4 and adv-lib 0.2.8",
         "",
         f"Command: `{cmd.strip()}`  ",
         *(
@@ -823,7 +823,8 @@ def main() -> None:
         "",
         "Our attacks here: `ddn`/`fmn`/`alma` alone run as the ensemble runs them (salign.attacks.TUNED "
         "options, line search, polish) and all their steps (equal steps with foolbox); the `paper` rows run "
-        "`DDN()` / `FMN()` with the papers' defaults and no refinement; "
+        "`DDN()` / `FMN(guarded_search=False)` with the papers' defaults and no refinement; the `advlib` rows "
+        "run adv-lib's attacks with its defaults at the same steps (FAB: 100 iterations); "
         "the `early exit` rows use patience = max(50, steps/10) (0.1% relative improvement; a stalled "
         "sample first jumps to the last `patience` steps of its step-size schedule, restarting from "
         "its best point, and stops if it stalls there). Every attack ends with a line search onto the boundary and "

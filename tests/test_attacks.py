@@ -636,7 +636,7 @@ def test_fmn_reaches_a_boundary_behind_the_box() -> None:
     model.weight.data = torch.stack([torch.zeros(10, dtype=torch.float64), w])
     model.bias.data = torch.tensor([0.08, 0.0], dtype=torch.float64)
     x = torch.tensor([[0.0] * 9 + [0.5]], dtype=torch.float64)
-    res = fmn(model, x, steps=300, guarded_search=True, **REFINED)
+    res = fmn(model, x, steps=300, **REFINED)  # the guarded ε search is the default
     assert bool(res.success.all())
     assert float(res.distance[0]) == pytest.approx(0.3, rel=1e-3)
     # the paper's ε search stalls here: the clamp holds ‖δ‖ below ε (why guarded_search exists)

@@ -80,10 +80,10 @@ def test_ensemble_matches_the_best_of_foolbox_on_smallnet() -> None:
 @pytest.mark.slow
 @pytest.mark.usefixtures("one_thread")
 def test_guarded_fmn_finds_every_sample_of_a_smallnet() -> None:
-    """Before FMN's ε was made to grow while searching (``guarded_search``, on in the ensemble),
+    """Before FMN's ε was made to grow while searching (``guarded_search``, now the default),
     the box clamp held ‖δ‖ below ε and FMN found nothing for some MNIST digits."""
     model, x, labels = _smallnet_on_mnist(100)
-    res = FMN(steps=200, guarded_search=True)(model, x, labels)
+    res = FMN(steps=200)(model, x, labels)
     assert bool(res.success.all())
 
 
