@@ -242,6 +242,13 @@ def measure(
     return times, counted
 
 
+def cost_cache(model: str, paired: bool, device: str, n: int, steps: int, first: int) -> Path:
+    """The cache file of one kind of run: its rows by pair label (``model``: smallnet or linear)."""
+    tag = ("" if model == "smallnet" else f"_{model}") + ("_paired" if paired else "")
+    tag += "" if device == "cpu" else f"_{device}"
+    return CACHE / f"attack_cost{tag}_n{n}_s{steps}_from{first}.json"
+
+
 def device_name(device: torch.device) -> str:
     """The GPU's name, or the CPU's architecture."""
     if device.type == "cuda":
@@ -320,9 +327,7 @@ def main() -> None:
     only = [s.strip() for s in args.only.split(",")] if args.only else list(table)
     peers = ("adv-lib", "foolbox", "pyautoattack")
 
-    tag = ("" if args.model == "smallnet" else f"_{args.model}") + ("_paired" if args.paired else "")
-    tag += "" if device.type == "cpu" else f"_{device.type}"
-    cache_path = CACHE / f"attack_cost{tag}_n{args.n}_s{args.steps}_from{args.first}.json"
+    cache_path = cost_cache(args.model, args.paired, device.type, args.n, args.steps, args.first)
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     for label in only:
         norm, sides = table[label]
@@ -336,6 +341,9 @@ def main() -> None:
             steps = 50 if label.startswith("DeepFool") else args.steps
             cache[key] = {
                 "row": paired_row(key, times, args.repeats, steps),
+                "ratio": median(
+                    torch.tensor([a / b for a, b in zip(times["ours"], times["adv-lib"], strict=True)])
+                ),
                 "commit": current_commit(),
                 "device": device_name(device),
             }
@@ -406,6 +414,14 @@ def table_rows(path: Path, labels: list[str]) -> tuple[list[str], list[str]]:
     return rows, sorted({cache[label]["commit"] for label in labels if label in cache})
 
 
+#: Header and rule of the ``--paired`` tables.
+PAIRED_HEADER = [
+    "| attack | repeats | ours s | adv-lib s | ours ÷ adv-lib: median [95% CI] | repeats where ours was faster "
+    "| minor page faults per step: ours · adv-lib | measured |",
+    "|---|---|---|---|---|---|---|---|",
+]
+
+
 def paired_rows(path: Path, labels: list[str]) -> tuple[list[str], list[str], list[str]]:
     """The cached ``--paired`` rows of ``labels`` in a file (each followed by its row measured
     with glibc's trimming off, if any), the commits and the devices they were measured at."""
@@ -419,16 +435,15 @@ def paired_rows(path: Path, labels: list[str]) -> tuple[list[str], list[str], li
 def page(args: argparse.Namespace, labels: list[str]) -> str:
     """docs/benchmarks/attacks-cost.md from the cached rows of both models."""
 
-    suffix = f"_n{args.n}_s{args.steps}_from{args.first}.json"
-    small, small_commits = table_rows(CACHE / f"attack_cost{suffix}", labels)
-    linear, linear_commits = table_rows(CACHE / f"attack_cost_linear{suffix}", labels)
+    main_paired = cost_cache("smallnet", True, "cpu", args.n, args.steps, args.first)
+    small, small_commits = table_rows(
+        cost_cache("smallnet", False, "cpu", args.n, args.steps, args.first), labels
+    )
+    linear, linear_commits = table_rows(
+        cost_cache("linear", False, "cpu", args.n, args.steps, args.first), labels
+    )
 
-    paired, paired_commits, _ = paired_rows(CACHE / f"attack_cost_paired{suffix}", labels)
-    table_head = [
-        "| attack | repeats | ours s | adv-lib s | ours ÷ adv-lib: median [95% CI] | repeats where ours was faster "
-        "| minor page faults per step: ours · adv-lib | measured |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    paired, paired_commits, _ = paired_rows(main_paired, labels)
     paired_section = [
         f"## SmallNet, ours against adv-lib alone, many alternating repeats (`--paired`); commit {', '.join(paired_commits)}",
         "",
@@ -436,13 +451,13 @@ def page(args: argparse.Namespace, labels: list[str]) -> str:
         "the distribution-free 95% confidence interval of the median of the per-repeat ratios "
         "(order statistics).",
         "",
-        *table_head,
+        *PAIRED_HEADER,
         *paired,
         "",
     ]
     other_sections = []
     for path in sorted(CACHE.glob(f"attack_cost_paired_n*_s*_from{args.first}.json")):
-        if path.name == f"attack_cost_paired{suffix}":
+        if path == main_paired:
             continue
         rows, commits, _ = paired_rows(path, labels)
         n, steps = path.stem.split("_n")[1].split("_s")
@@ -455,7 +470,7 @@ def page(args: argparse.Namespace, labels: list[str]) -> str:
             "size of the quality benchmark's runs, docs/benchmarks/attacks.md): the activations are "
             f"{int(n) // args.n}× larger, and so is what glibc's trimming makes the next forward fault back in.",
             "",
-            *table_head,
+            *PAIRED_HEADER,
             *rows,
             "",
         ]
@@ -470,7 +485,7 @@ def page(args: argparse.Namespace, labels: list[str]) -> str:
             "Model and batch on the GPU, `torch.cuda.synchronize()` before and after every timed "
             "run; the page-fault column counts the host process's faults only.",
             "",
-            *table_head,
+            *PAIRED_HEADER,
             *rows,
             "",
         ]

@@ -274,22 +274,16 @@ def check_attack_cost(
     proc = subprocess.run(cmd, cwd=ROOT, env=env_with_src(), capture_output=True, text=True, timeout=timeout)
     if proc.returncode:
         raise RuntimeError(f"bench_attack_cost exit {proc.returncode}\n{proc.stderr[-3000:]}")
-    tag = "" if device.type == "cpu" else f"_{device.type}"
-    path = bc.CACHE / f"attack_cost_paired{tag}_n{n}_s{steps}_from200.json"
-    cached = json.loads(path.read_text())
+    path = bc.cost_cache("smallnet", True, device.type, n, steps, first=200)
     shutil.copy(path, out_dir / path.name)
-    rows = [cached[label]["row"] for label in COST_PAIRS.split(",") if label in cached]
-    ratios = {row.split(" | ")[0].strip("| "): row.split(" | ")[4].split("**")[1] for row in rows}
+    labels = COST_PAIRS.split(",")
+    rows, _, _ = bc.paired_rows(path, labels)
+    cached = json.loads(path.read_text())
     return {
         "summary": f"ours ÷ adv-lib ({n} images, {steps} steps): "
-        + ", ".join(f"{k} {v}" for k, v in ratios.items()),
+        + ", ".join(f"{k} {cached[k]['ratio']:.3f}" for k in labels if k in cached),
         "command": " ".join(cmd[1:]),
-        "markdown": [
-            "| attack | repeats | ours s | adv-lib s | ours ÷ adv-lib: median [95% CI] | repeats "
-            "where ours was faster | minor page faults per step: ours · adv-lib | measured |",
-            "|---|---|---|---|---|---|---|---|",
-            *rows,
-        ],
+        "markdown": [*bc.PAIRED_HEADER, *rows],
     }
 
 

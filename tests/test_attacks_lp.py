@@ -213,3 +213,11 @@ def test_deepfool_rejects_a_non_boolean_clamp_each_step() -> None:
 
     with pytest.raises(InputError, match="clamp_each_step must be True or False, got 'no'"):
         DeepFool(clamp_each_step="no")  # type: ignore[arg-type]
+
+
+def test_fmn_rejects_a_non_boolean_guarded_search() -> None:
+    # "False" from a config file would be truthy: the paper's update must be asked for exactly
+    from salign.attacks import FMN
+
+    with pytest.raises(InputError, match="guarded_search must be True or False, got 'False'"):
+        FMN(guarded_search="False")  # type: ignore[arg-type]

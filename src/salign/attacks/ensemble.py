@@ -99,9 +99,9 @@ APGD_STEPS = 100
 WARM_STARTED = frozenset({"fmn", "alma"})
 
 #: Our tuning of each attack's options for the ensemble (the public attacks keep the papers'
-#: defaults, but for FMN's guarded ε search, on in both); each was chosen on held-out MNIST test images, not on the benchmark's: DDN switches to the logit margin in the second half of its
-#: schedule, FMN takes larger steps (α₀ = 10), ALMA's first step moves
-#: 0.125.
+#: defaults, but for FMN's guarded ε search, on in both); each was chosen on held-out MNIST
+#: test images, not on the benchmark's: DDN switches to the logit margin in the second half of
+#: its schedule, FMN takes larger steps (α₀ = 10), ALMA's first step moves 0.125.
 TUNED: dict[str, dict[str, Any]] = {
     "ddn": {"loss": "ce_then_margin"},
     "fmn": {"alpha_init": 10.0},

@@ -22,6 +22,7 @@ from salign.attacks._ops import (
 from salign.attacks._refine import boundary_search
 from salign.attacks._tracker import Tracker, step_along_gradient, write_rows
 from salign.attacks.result import AttackResult
+from salign.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,8 @@ class FMN(Attack):
         check_positive(self.alpha_init, "alpha_init")
         check_positive(self.gamma_init, "gamma_init")
         check_positive(self.start_search_steps, "start_search_steps", integer=True, allow_zero=True)
+        if not isinstance(self.guarded_search, bool):
+            raise InputError(f"guarded_search must be True or False, got {self.guarded_search!r}")
 
     def _warm_delta(self, model: nn.Module, tracker: Tracker, start: Tensor | None) -> Tensor:
         """δ at the start: 0, or the warm start moved onto the boundary by bisection towards x."""
