@@ -374,10 +374,23 @@ def test_tracker_rows_are_all_while_every_sample_is_active() -> None:
 
 
 def test_the_normalised_gradient_step_guards_vanished_and_non_finite_gradients() -> None:
-    """δ += size · g / ‖g‖ in place; NaN/Inf entries read as 0; a vanished gradient steps along a
-    random unit direction and is flagged; a regular row is exactly g / ‖g‖; an expanded
-    gradient (what autograd returns for some models) is not written to."""
+    """δ += size · g / ‖g‖ in place; a vanished gradient or one with a NaN/Inf entry steps along
+    the sample's fixed random unit direction and is flagged; a regular row is exactly g / ‖g‖;
+    an expanded gradient (what autograd returns for some models) is not written to; the step
+    never synchronises with the device (no tensor is read on the host)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
     from salign.attacks._tracker import Tracker, step_along_gradient
+
+    class HostReads(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.reads: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            if func.overloadpacket.__name__ in ("_local_scalar_dense", "nonzero", "item", "is_nonzero"):
+                self.reads.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
 
     x = torch.rand(4, 5, dtype=torch.float64)
     tracker = Tracker(x, torch.zeros(4, dtype=torch.long), torch.ones(4, dtype=torch.bool))
@@ -392,30 +405,39 @@ def test_the_normalised_gradient_step_guards_vanished_and_non_finite_gradients()
     )
     before = g.clone()
     delta = torch.zeros(4, 5, dtype=torch.float64)
-    out = step_along_gradient(delta, g, 2.0, tracker, ...)
+    random_before = torch.random.get_rng_state()
+    with HostReads() as host:
+        out = step_along_gradient(delta, g, 2.0, tracker, ...)
+    assert host.reads == []
+    assert torch.equal(torch.random.get_rng_state(), random_before)  # its own generator
     assert out is delta
     assert torch.equal(g.nan_to_num(nan=-1.0), before.nan_to_num(nan=-1.0))  # the gradient is untouched
     torch.testing.assert_close(delta.norm(dim=1), torch.full((4,), 2.0, dtype=torch.float64))
     assert delta[0].tolist() == [1.2, 1.6, 0.0, 0.0, 0.0]
-    assert delta[1].tolist() == [0.0, 2.0, 0.0, 0.0, 0.0]
-    assert delta[3].tolist() == [0.0, 0.0, 2.0, 0.0, 0.0]
-    assert tracker.zero_gradient.tolist() == [False, False, True, False]
+    directions = tracker.random_directions(...)
+    for row in (1, 2, 3):
+        torch.testing.assert_close(delta[row], 2.0 * directions[row], rtol=0, atol=1e-15)
+    assert tracker.zero_gradient.tolist() == [False, True, True, True]
+    # fixed per sample: the same direction at every step, also through an index
+    torch.testing.assert_close(tracker.random_directions(torch.tensor([2])), directions[2:3], rtol=0, atol=0)
+    tracker = Tracker(x, torch.zeros(4, dtype=torch.long), torch.ones(4, dtype=torch.bool))
     per_sample = step_along_gradient(
         torch.zeros(2, 5, dtype=torch.float64),
         g[:1].expand(2, 5),
-        torch.tensor([1.0, 0.5], dtype=torch.float64),
+        torch.tensor([1.0, -0.5], dtype=torch.float64),  # a negative size descends
         tracker,
         torch.tensor([0, 1]),
     )
     torch.testing.assert_close(
-        per_sample, torch.tensor([[0.6, 0.8, 0, 0, 0], [0.3, 0.4, 0, 0, 0]], dtype=torch.float64)
+        per_sample, torch.tensor([[0.6, 0.8, 0, 0, 0], [-0.3, -0.4, 0, 0, 0]], dtype=torch.float64)
     )
+    assert tracker.zero_gradient.tolist() == [False, False, False, False]
     expanded = torch.zeros(1, 5, dtype=torch.float64).expand(2, 5)  # a vanished, expanded gradient
     stepped = step_along_gradient(
-        torch.zeros(2, 5, dtype=torch.float64), expanded, 1.0, tracker, torch.tensor([0, 1])
+        torch.zeros(2, 5, dtype=torch.float64), expanded, 1.0, tracker, torch.tensor([1, 3])
     )
-    torch.testing.assert_close(stepped.norm(dim=1), torch.ones(2, dtype=torch.float64))
-    assert tracker.zero_gradient.tolist() == [True, True, True, False]
+    torch.testing.assert_close(stepped, tracker.random_directions(torch.tensor([1, 3])))
+    assert tracker.zero_gradient.tolist() == [False, True, False, True]
 
 
 @pytest.mark.parametrize("p", [1.0, 2.0, math.inf])

@@ -29,8 +29,8 @@ from salign.errors import InputError
 
 #: What each sanity flag means, for the warning that reports it.
 FLAG_MESSAGES = {
-    "zero_gradient": "zero input gradients at some step (gradient masking or saturated loss); "
-    "a random direction was used",
+    "zero_gradient": "zero or non-finite input gradients at some step (gradient masking or saturated "
+    "loss); a random direction was used",
     "nonfinite_logits": "the model returned NaN/Inf logits at some visited point",
     "not_found": "no verified adversarial point found (success rate below 100%)",
     "nondeterministic": "two verification forwards disagree: the model is non-deterministic",

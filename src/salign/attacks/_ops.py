@@ -164,10 +164,20 @@ def adversarial(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     return (logits.argmax(1) != labels) & finite, finite
 
 
+def adversarial_by_margin(margin: Tensor) -> tuple[Tensor, Tensor]:
+    """(is_adversarial, finite) from the logit margin (:func:`logit_margin`): another class
+    scores strictly higher than the label, and the margin is finite (a NaN logit, a +∞ one or a
+    −∞ label logit makes it NaN or infinite). Two kernels fewer than :func:`adversarial`; a tie
+    with the label counts as not adversarial."""
+    finite = margin.abs() < math.inf  # NaN fails
+    return (margin < 0) & finite, finite
+
+
 def logit_margin(logits: Tensor, labels: Tensor) -> Tensor:
-    """``Ψ_y − max_{j≠y} Ψ_j`` per sample: positive while the label is predicted."""
+    """``Ψ_y − max_{j≠y} Ψ_j`` per sample: positive while the label is predicted. (``max`` rather
+    than ``amax``: its backward is one scatter, not four kernels.)"""
     label_logit = logits.gather(1, labels[:, None]).squeeze(1)
-    other = logits.scatter(1, labels[:, None], float("-inf")).amax(1)
+    other = logits.scatter(1, labels[:, None], float("-inf")).max(1).values
     return label_logit - other
 
 

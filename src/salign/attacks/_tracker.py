@@ -8,7 +8,6 @@ counts the sanity flags, and says which samples are still worth a step. Early ex
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from types import EllipsisType
 
@@ -136,6 +135,7 @@ class Tracker:
         self.nonfinite = torch.zeros(n, dtype=torch.bool, device=x.device)
         self.active = attacked.clone()
         self.early_exit = EarlyExit(n, x.device, patience=patience)
+        self._directions: Tensor | None = None
 
     @property
     def found(self) -> Tensor:
@@ -160,21 +160,35 @@ class Tracker:
     ) -> None:
         """Record points ``adv`` (rows ``idx``) with distances ``dist``; keep the better adversarial ones."""
         adv, dist = adv.detach(), dist.detach()
-        if idx is ALL:  # every sample: no host sync, no gather
-            self.absorb(adv, torch.where(is_adv, dist, math.inf))
+        if idx is ALL:  # every sample: no gather
+            better = is_adv & (dist < self.best_dist)
+            self.best_dist = torch.where(better, dist, self.best_dist)
+            self.best_adv = torch.where(batch_view(better, adv), adv, self.best_adv)
             if finite is not None:
                 self.nonfinite |= ~finite
             return
-        better = is_adv & (dist < self.best_dist[idx])
-        if bool(better.any()):
-            rows = idx[better]
-            self.best_dist[rows] = dist[better]
-            self.best_adv[rows] = adv[better]
+        best_dist = self.best_dist[idx]
+        better = is_adv & (dist < best_dist)  # no host sync: rows rewritten whether better or not
+        self.best_dist[idx] = torch.where(better, dist, best_dist)
+        self.best_adv[idx] = torch.where(batch_view(better, adv), adv, self.best_adv[idx])
         if finite is not None:
             self.nonfinite[idx] |= ~finite
 
     def mark_zero_gradient(self, idx: Rows, zero: Tensor) -> None:
-        self.zero_gradient[idx] |= zero
+        if idx is ALL:
+            self.zero_gradient |= zero
+        else:
+            self.zero_gradient[idx] |= zero
+
+    def random_directions(self, idx: Rows) -> Tensor:
+        """One fixed random unit direction (L2) per sample of ``idx``, drawn once per run from a
+        generator of its own (seed 0: the global random state is left alone), where a step has
+        no usable gradient."""
+        if self._directions is None:
+            generator = torch.Generator(device=self.x.device).manual_seed(0)
+            noise = torch.randn(self.x.shape, generator=generator, device=self.x.device, dtype=self.x.dtype)
+            self._directions = noise / batch_view(l2_norm(noise), noise)
+        return self._directions[idx]
 
     def iterations(
         self, steps: int, *, schedule: bool, delta: Tensor | None = None, radius: Tensor | None = None
@@ -212,27 +226,25 @@ def write_rows(t: Tensor, rows: Rows, value: Tensor) -> None:
 
 
 def step_along_gradient(
-    delta: Tensor, grad: Tensor, size: Tensor | float, tracker: Tracker, idx: Rows
+    delta: Tensor,
+    grad: Tensor,
+    size: Tensor | float,
+    tracker: Tracker,
+    idx: Rows,
+    grad_norm: Tensor | None = None,
 ) -> Tensor:
     """``δ += size · grad / ‖grad‖₂`` per sample, in place (the normalised gradient step of DDN
-    and FMN; ``size`` (n,) or one float), and return δ. Non-finite entries of ``grad`` read as
-    0; where the gradient vanished the step goes along a random unit direction (flagged)."""
+    and FMN; ``size`` (n,) or one float, negative to descend), and return δ. ``grad_norm``: ‖grad‖₂
+    per sample if the caller has it. Where the gradient vanished or has a non-finite entry, the
+    step goes along the sample's fixed random unit direction (:meth:`Tracker.random_directions`)
+    and the sample is flagged ``zero_gradient``. No host synchronisation: on a GPU the loop
+    never waits for the device."""
     tiny = torch.finfo(grad.dtype).tiny
-    norms = l2_norm(grad)
-    irregular = ~((norms > tiny * 1e3) & (norms < math.inf))  # vanished or non-finite (NaN fails both)
-    if bool(irregular.any()):  # rare: replace those rows by a unit direction (norm 1)
-        rows = irregular.nonzero().squeeze(1)
-        g = torch.nan_to_num(grad[rows], nan=0.0, posinf=0.0, neginf=0.0)
-        g_norms = l2_norm(g)
-        zero = g_norms <= tiny * 1e3
-        tracker.mark_zero_gradient(select(idx, irregular), zero)
-        g = g / batch_view(g_norms.clamp_min(tiny), g)
-        if bool(zero.any()):
-            noise = torch.randn_like(g[zero])
-            g[zero] = noise / batch_view(l2_norm(noise), noise)
-        grad = grad.clone()  # autograd's gradient may be an expanded view
-        grad[rows] = g
-        norms = torch.where(irregular, 1.0, norms)
+    norms = l2_norm(grad) if grad_norm is None else grad_norm
+    irregular = norms.nan_to_num(nan=0.0, posinf=0.0) <= tiny * 1e3  # vanished or non-finite
+    tracker.mark_zero_gradient(idx, irregular)
+    direction = torch.where(batch_view(irregular, grad), tracker.random_directions(idx), grad)
+    norms = norms.masked_fill(irregular, 1.0)
     if isinstance(size, float):
-        return delta.addcdiv_(grad, batch_view(norms, grad), value=size)
-    return delta.addcdiv_(grad, batch_view(norms / size, grad))
+        return delta.addcdiv_(direction, batch_view(norms, grad), value=size)
+    return delta.addcdiv_(direction, batch_view(norms / size, grad))

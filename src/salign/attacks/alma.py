@@ -157,14 +157,20 @@ class ALMA(Attack):
         return r, m
 
     def _step(
-        self, s: _State, idx: Rows, i: int, position: Tensor | float, grad: Tensor, xa: Tensor, d: Tensor
+        self,
+        s: _State,
+        tracker: Tracker,
+        idx: Rows,
+        i: int,
+        position: Tensor | float,
+        grad: Tensor,
+        xa: Tensor,
+        d: Tensor,
     ) -> None:
         """RMSProp with momentum on δ, learning rate decaying from the first adversarial step."""
         if i == 0 and self.init_lr_distance is not None:
             zero = l2_norm(grad) <= 1e-12
-            noise = torch.randn_like(grad)
-            noise = noise / batch_view(l2_norm(noise), noise)
-            g0 = torch.where(batch_view(zero, grad), noise, grad)
+            g0 = torch.where(batch_view(zero, grad), tracker.random_directions(idx), grad)
             s.lr[idx] = _initial_step_size(xa + d, g0, self.init_lr_distance)
         sf = s.step_found[idx]
         decay = self.lr_reduction ** ((position - sf).clamp(min=0) / (self.steps - sf).clamp(min=1))
@@ -202,7 +208,7 @@ class ALMA(Attack):
                 s.found[idx] = found | is_adv
                 grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
                 tracker.mark_zero_gradient(idx, l2_norm(grad) <= 1e-12)
-                self._step(s, idx, i, position, grad, xa, d)
+                self._step(s, tracker, idx, i, position, grad, xa, d)
 
 
 def alma(model: nn.Module, x: Tensor, labels: Tensor | None = None, **options: Any) -> AttackResult:

@@ -10,8 +10,8 @@ import torch
 from torch import Tensor, nn
 
 from salign.attacks._engine import Attack
-from salign.attacks._ops import adversarial, check_positive, logit_margin
-from salign.attacks._tracker import Tracker
+from salign.attacks._ops import adversarial_by_margin, check_positive, logit_margin
+from salign.attacks._tracker import ALL, Rows, Tracker, write_rows
 from salign.attacks.result import AttackResult
 
 #: Adam's moment decay rates (Kingma & Ba 2015), as in the authors' code.
@@ -64,32 +64,38 @@ class CarliniWagner(Attack):
         running = torch.ones_like(succeeded)
         prev_loss = torch.full_like(c, float("inf"))
         base = w0[idx]
+        whole_batch = idx.numel() == tracker.x.shape[0]
+        rows = running.nonzero().squeeze(1)  # recomputed only where early abort changes ``running``
         for t in range(1, self.steps + 1):
-            rows = running.nonzero().squeeze(1)
             if rows.numel() == 0:
                 break
-            # while every sample runs, plain views instead of gathers and scatters
-            sel: Tensor | slice = slice(None) if rows.numel() == running.numel() else rows
+            # while every sample runs, views instead of gathers and scatters, and no host sync
+            sel: Rows = ALL if rows.numel() == running.numel() else rows
             wr = w[sel].detach().requires_grad_(True)
             point = (torch.tanh(base[sel] + wr) + 1) / 2
             logits = model(point)
             dist_sq = (point - xa[sel]).flatten(1).pow(2).sum(1)
-            loss = dist_sq + c[sel] * (logit_margin(logits, lab[sel]) + self.confidence).clamp(min=0)  # (f6)
+            margin = logit_margin(logits, lab[sel])
+            loss = dist_sq + c[sel] * (margin + self.confidence).clamp(min=0)  # (f6)
             (grad,) = torch.autograd.grad(loss.sum(), wr)
             with torch.no_grad():
-                is_adv, finite = adversarial(logits, lab[sel])
-                tracker.update(idx[sel], point, dist_sq.sqrt(), is_adv, finite)
+                is_adv, finite = adversarial_by_margin(margin.detach())
+                tracker.update(
+                    ALL if whole_batch and sel is ALL else idx[sel], point, dist_sq.sqrt(), is_adv, finite
+                )
                 succeeded[sel] |= is_adv
                 grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
-                mr = beta1 * m[sel] + (1 - beta1) * grad
-                vr = beta2 * v[sel] + (1 - beta2) * grad * grad
-                m[sel], v[sel] = mr, vr
-                update = self.learning_rate * (mr / (1 - beta1**t)) / ((vr / (1 - beta2**t)).sqrt() + 1e-8)
-                w[sel] = wr.detach() - update
+                mr = m[sel].mul_(beta1).add_(grad, alpha=1 - beta1)
+                vr = v[sel].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                write_rows(m, sel, mr)
+                write_rows(v, sel, vr)
+                update = (mr / (1 - beta1**t)).div_((vr / (1 - beta2**t)).sqrt_().add_(1e-8))
+                write_rows(w, sel, wr.detach().sub_(update, alpha=self.learning_rate))
                 if self.abort_early and (t - 1) % max(1, self.steps // 10) == 0:
                     stalled = loss.detach() > 0.9999 * prev_loss[sel]
                     prev_loss[sel] = loss.detach()
                     running[rows[stalled]] = False
+                    rows = running.nonzero().squeeze(1)
         return succeeded
 
     def iterate(self, model: nn.Module, tracker: Tracker, start: Tensor | None) -> None:

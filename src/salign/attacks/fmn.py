@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from salign._norms import NORMS, dual_exponent, parse_norm
 from salign.attacks._engine import Attack
 from salign.attacks._ops import (
-    adversarial,
+    adversarial_by_margin,
     check_positive,
     cosine_annealing,
     l2_norm,
@@ -20,7 +20,7 @@ from salign.attacks._ops import (
     project_on_ball,
 )
 from salign.attacks._refine import boundary_search
-from salign.attacks._tracker import Tracker, step_along_gradient, write_rows
+from salign.attacks._tracker import ALL, Tracker, step_along_gradient, write_rows
 from salign.attacks.result import AttackResult
 from salign.errors import InputError
 
@@ -107,23 +107,25 @@ class FMN(Attack):
         eps: Tensor,
         d_norm: Tensor,
         margin: Tensor,
-        grad: Tensor,
+        grad_dual: Tensor,
         is_adv: Tensor,
         seen: Tensor,
         best: Tensor,
-        gamma: Tensor | float,
+        gamma: float | Tensor,
+        first: bool,
     ) -> Tensor:
         """The ε update (Algorithm 1, lines 6–9): shrink if adversarial, grow otherwise; before
-        the first adversarial point, the linearised distance to the boundary."""
-        grad_dual = l2_norm(grad) if self.norm == 2 else lp_norm(grad, dual_exponent(self.norm))
+        the first adversarial point, the linearised distance to the boundary (``grad_dual``:
+        the dual norm of the margin's gradient). ``first``: the first step, where ε is still +∞
+        for every sample (after it, ε is finite wherever a sample is iterated)."""
         searching = d_norm + margin.abs() / grad_dual.clamp_min(1e-12)
+        grown = eps * (1 + gamma)
         if self.guarded_search:
             searching = searching * (1 + gamma)
-            searching = torch.where(
-                torch.isfinite(eps), torch.maximum(searching, eps * (1 + gamma)), searching
-            )
+            if not first:
+                searching = torch.maximum(searching, grown)
         return torch.where(
-            is_adv, torch.minimum(eps * (1 - gamma), best), torch.where(seen, eps * (1 + gamma), searching)
+            is_adv, torch.minimum(eps * (1 - gamma), best), torch.where(seen, grown, searching)
         )
 
     def iterate(self, model: nn.Module, tracker: Tracker, start: Tensor | None) -> None:
@@ -133,7 +135,8 @@ class FMN(Attack):
         eps = torch.full((x.shape[0],), float("inf"), device=x.device, dtype=x.dtype)
         found = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         worst = lp_norm(torch.maximum(x, 1 - x), self.norm)
-        for _, idx, position in tracker.iterations(steps, schedule=True, delta=delta, radius=eps):
+        dual = dual_exponent(self.norm)
+        for step, idx, position in tracker.iterations(steps, schedule=True, delta=delta, radius=eps):
             assert position is not None
             alpha = cosine_annealing(position, steps, self.alpha_init, alpha_final)
             gamma = cosine_annealing(position, steps, self.gamma_init, self.gamma_final)
@@ -142,21 +145,38 @@ class FMN(Attack):
             point = xa + d
             logits = model(point)
             margin = logit_margin(logits, lab)
-            (grad,) = torch.autograd.grad(-margin.sum(), d)  # ascent direction of −margin
+            (grad,) = torch.autograd.grad(margin.sum(), d)  # the step descends the margin
             with torch.no_grad():
-                d = d.detach()
+                d, margin = d.detach(), margin.detach()
                 d_norm = lp_norm(d, self.norm)
-                is_adv, finite = adversarial(logits, lab)
+                is_adv, finite = adversarial_by_margin(margin)
                 tracker.update(idx, point, d_norm, is_adv, finite)
-                seen = found[idx] | is_adv
-                found[idx] = seen
+                if idx is ALL:
+                    seen = found.logical_or_(is_adv)
+                else:
+                    seen = found[idx] | is_adv
+                    found[idx] = seen
+                grad_norm = l2_norm(grad)
+                grad_dual = grad_norm if self.norm == 2 else lp_norm(grad, dual)
                 e = self._radius(
-                    eps[idx], d_norm, margin.detach(), grad, is_adv, seen, tracker.best_dist[idx], gamma
+                    eps[idx],
+                    d_norm,
+                    margin,
+                    grad_dual,
+                    is_adv,
+                    seen,
+                    tracker.best_dist[idx],
+                    gamma,
+                    step == 0,
                 )
-                e = torch.minimum(torch.nan_to_num(e, nan=float("inf")), worst[idx])
-                eps[idx] = e
+                # fmin: a NaN radius (non-finite logits) becomes the largest useful one
+                if idx is ALL:
+                    e = torch.fmin(e, worst, out=eps)
+                else:
+                    e = torch.fmin(e, worst[idx])
+                    eps[idx] = e
                 # in place: d is delta itself while every sample is active
-                d = step_along_gradient(d, grad, alpha, tracker, idx)
+                d = step_along_gradient(d, grad, -alpha, tracker, idx, grad_norm)
                 d = project_on_ball(d, e, self.norm, inplace=True)  # onto the ε-ball
                 write_rows(delta, idx, d.add_(xa).clamp_(0, 1).sub_(xa))
 

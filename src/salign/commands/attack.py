@@ -55,7 +55,11 @@ def register(app: typer.Typer) -> None:
             "instead of the predicted class (the paper's ρ).",
         ),
         levels: int | None = typer.Option(None, "--levels", help="Quantise adversarial points (e.g. 256)."),
-        seed: int = typer.Option(0, "--seed", help="Random seed (random directions at zero gradients)."),
+        seed: int = typer.Option(
+            0,
+            "--seed",
+            help="Seed of torch's global random generator (for a model that draws random numbers).",
+        ),
         device: str = typer.Option("cpu", "--device", help="Torch device, e.g. cpu or cuda."),
         out: Path = typer.Option(Path("robustness.csv"), "--out", help="Per-sample CSV to write."),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
