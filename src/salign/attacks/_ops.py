@@ -126,29 +126,46 @@ def project_on_ball(delta: Tensor, radius: Tensor, p: float, *, inplace: bool = 
     return torch.where(inside[:, None], flat, shrunk).view_as(delta)
 
 
-def project_on_l1_ball_in_box(
-    delta: Tensor, radius: Tensor, lo: Tensor, hi: Tensor, steps: int = 50
-) -> Tensor:
+def project_on_l1_ball_in_box(delta: Tensor, radius: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
     """The Euclidean projection of each δ (n, ...) onto the L1 ball of its ``radius`` (n,)
-    intersected with the box lo ≤ δ ≤ hi (lo ≤ 0 ≤ hi): per coordinate the soft threshold at a
-    level θ ≥ 0, then the clamp into the box (the KKT conditions of the separable problem), with
-    θ = 0 if the clamped δ is inside the ball, else the θ at which the L1 norm equals the radius,
-    found by ``steps`` bisections (the result is on the feasible side)."""
+    intersected with the box lo ≤ δ ≤ hi (lo ≤ 0 ≤ hi), exactly and without a loop.
+
+    By the KKT conditions of the separable problem, the projection is δ_i(θ) = sign(δ_i)
+    clamp(|δ_i| − θ, 0, u_i), u_i the room of the box in the direction of δ_i, with θ = 0 if
+    that point is inside the ball, else the θ > 0 at which Φ(θ) = Σ_i clamp(|δ_i| − θ, 0, u_i)
+    equals the radius. Φ is piecewise linear and non-increasing, with breakpoints at |δ_i| − u_i
+    (the coordinate leaves its bound) and |δ_i| (it reaches 0): sorting the 2d breakpoints gives
+    Φ at each of them (a cumulative sum from the right, where Φ = 0, so that the sum stays the
+    size of the radius) and θ by interpolation on the piece where Φ crosses the radius (the
+    sort-based L1 projection of Duchi et al., ICML 2008, with the box's breakpoints added). One
+    Newton step on Φ then removes the rounding of the sums, and a rescaling by a few ulps keeps
+    ‖δ‖₁ ≤ radius as computed. About 30 kernels, against 8 per bisection step."""
+    shape, dtype = delta.shape, delta.dtype
     flat, lo, hi = delta.flatten(1), lo.flatten(1), hi.flatten(1)
-    clamped = torch.minimum(torch.maximum(flat, lo), hi)
-    inside = clamped.abs().sum(1) <= radius
     a = flat.abs()
-    low, high = torch.zeros_like(radius), a.amax(1)
-
-    def shrunk(theta: Tensor) -> Tensor:
-        soft = flat.sign() * (a - theta[:, None]).clamp(min=0)
-        return torch.minimum(torch.maximum(soft, lo), hi)
-
-    for _ in range(steps):
-        mid = (low + high) / 2
-        over = shrunk(mid).abs().sum(1) > radius
-        low, high = torch.where(over, mid, low), torch.where(over, high, mid)
-    return torch.where(inside[:, None], clamped, shrunk(high)).view_as(delta)
+    room = torch.where(flat >= 0, hi, -lo).clamp_(min=0)
+    capped = torch.minimum(a, room)  # |clamp(δ, lo, hi)|: the point at θ = 0
+    inside = capped.sum(1) <= radius
+    breaks, order = torch.cat([a - room, a], 1).sort(1)
+    ones = torch.ones_like(a)
+    slope = torch.cat([-ones, ones], 1).gather(1, order).cumsum(1)  # Φ' on (t_k, t_k+1), ≤ 0
+    drop = slope[:, :-1] * (breaks[:, 1:] - breaks[:, :-1])  # Φ(t_k+1) − Φ(t_k)
+    phi = torch.cat([-drop.flip(1).cumsum(1).flip(1), torch.zeros_like(a[:, :1])], 1)  # Φ(t_k)
+    r = radius[:, None]
+    k = ((phi > r).sum(1, keepdim=True) - 1).clamp_(min=0)  # the last breakpoint above the radius
+    s_k = slope.gather(1, k).clamp(max=-1.0)
+    theta = breaks.gather(1, k) + (phi.gather(1, k) - r) / -s_k
+    # one Newton step on the exact Φ(θ), whose slope is minus the number of coordinates in their
+    # linear piece
+    level = (a - theta).clamp(min=0)
+    linear = ((level > 0) & (level < room)).sum(1, keepdim=True).clamp(min=1).to(dtype)
+    theta = theta + (torch.minimum(level, room).sum(1, keepdim=True) - r) / linear
+    magnitude = torch.minimum((a - theta).clamp_(min=0), room)
+    total = magnitude.sum(1, keepdim=True)
+    magnitude = magnitude * torch.where(total > r, r / total * (1 - 4 * torch.finfo(dtype).eps), 1.0)
+    shrunk = flat.sign() * magnitude
+    clamped = torch.minimum(torch.maximum(flat, lo), hi)
+    return torch.where(inside[:, None], clamped, shrunk).view(shape)
 
 
 def quantize(x: Tensor, levels: int | None) -> Tensor:
