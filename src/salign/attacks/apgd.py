@@ -227,9 +227,11 @@ class APGD(Attack):
                 grad[idx] = g
                 raised[idx] += (loss > last_loss[idx]).to(x.dtype)
                 last_loss[idx] = loss
-                better = loss > best_loss[idx]
-                rows = select(idx, better)
-                best_loss[rows], best_delta[rows], best_grad[rows] = loss[better], d[better], g[better]
+                better = loss > best_loss[idx]  # no host read: rows rewritten whether better or not
+                best_loss[idx] = torch.where(better, loss, best_loss[idx])
+                better = batch_view(better, d)
+                best_delta[idx] = torch.where(better, d, best_delta[idx])
+                best_grad[idx] = torch.where(better, g, best_grad[idx])
                 if i + 1 == next_check:  # the step-size check (Algorithm 1, conditions 1 and 2)
                     length = windows[window]
                     if l1:
@@ -251,7 +253,7 @@ class APGD(Attack):
                     delta[back], grad[back] = best_delta[back], best_grad[back]
                     window += 1
                     next_check += windows[window] if window < len(windows) else self.steps + 1
-                tracker.active[select(idx, is_adv)] = False  # broken at ε: done
+                tracker.active[idx] &= ~is_adv  # broken at ε: done
                 d_now = delta[idx]
                 z = self._project(
                     d_now + batch_view(step[idx], d_now) * self._direction(grad[idx], sparsity[idx]),

@@ -19,7 +19,7 @@ from salign.attacks._ops import (
     l2_norm,
     logit_margin,
 )
-from salign.attacks._tracker import Tracker, step_along_gradient, write_rows
+from salign.attacks._tracker import ALL, Tracker, step_along_gradient, write_rows
 from salign.attacks.result import AttackResult
 
 #: Fraction of the schedule (its tail) that ``loss="ce_then_margin"`` runs on the margin.
@@ -113,8 +113,11 @@ class DDN(Attack):
                 tracker.update(idx, point, l2_norm(d), is_adv, finite)
                 e = eps[idx]
                 e = torch.where(is_adv, e * (1 - self.gamma), e * (1 + self.gamma))  # decoupled norm update
-                e = torch.minimum(e, worst[idx])
-                eps[idx] = e
+                if idx is ALL:
+                    e = torch.minimum(e, worst, out=eps)
+                else:
+                    e = torch.minimum(e, worst[idx])
+                    eps[idx] = e
                 # in place (d is delta itself while every sample is active): ascent on the loss
                 # of the label, then onto the ε-sphere and into the box
                 d = step_along_gradient(d, grad, alpha, tracker, idx)
