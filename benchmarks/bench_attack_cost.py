@@ -16,6 +16,7 @@ Usage::
     .venv/bin/python benchmarks/bench_attack_cost.py                 # every pair, 300 steps
     .venv/bin/python benchmarks/bench_attack_cost.py --only "DDN L2,FMN L∞" --repeats 7
     .venv/bin/python benchmarks/bench_attack_cost.py --paired --repeats 21  # ours vs adv-lib, CI
+    .venv/bin/python benchmarks/bench_attack_cost.py --kernels   # kernels and host reads per iteration
     python benchmarks/bench_attack_cost.py --paired --device cuda --n 500 --no-doc   # on a GPU
 
 Writes docs/benchmarks/attacks-cost.md (then ``python benchmarks/run_all.py --assemble``
@@ -242,8 +243,13 @@ def measure(
     return times, counted
 
 
-def cost_cache(model: str, paired: bool, device: str, n: int, steps: int, first: int) -> Path:
-    """The cache file of one kind of run: its rows by pair label (``model``: smallnet or linear)."""
+def cost_cache(
+    model: str, paired: bool, device: str, n: int, steps: int, first: int, kernels: bool = False
+) -> Path:
+    """The cache file of one kind of run: its rows by pair label (``model``: smallnet or linear;
+    ``kernels``: the ``--kernels`` counts)."""
+    if kernels:
+        return CACHE / f"attack_kernels_n{n}_s{steps}_from{first}.json"
     tag = ("" if model == "smallnet" else f"_{model}") + ("_paired" if paired else "")
     tag += "" if device == "cpu" else f"_{device}"
     return CACHE / f"attack_cost{tag}_n{n}_s{steps}_from{first}.json"
@@ -274,6 +280,81 @@ def minor_faults() -> int:
         return int(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
     except (ImportError, OSError):
         return 0
+
+
+#: aten operations that compute nothing (views, metadata): not kernels.
+METADATA_OPS = frozenset(
+    {
+        "view",
+        "alias",
+        "detach",
+        "t",
+        "unsqueeze",
+        "squeeze",
+        "expand",
+        "slice",
+        "select",
+        "permute",
+        "as_strided",
+        "_reshape_alias",
+        "_unsafe_view",
+        "lift_fresh",
+        "transpose",
+        "unbind",
+        "split",
+    }
+)
+#: aten operations that read a tensor on the host: on a GPU, the CPU waits for the device.
+HOST_READS = frozenset({"_local_scalar_dense", "nonzero", "item", "is_nonzero"})
+
+
+def count_kernels(run: Run, model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
+    """(kernels, host reads) of one run: the aten operations it dispatches that compute (one
+    kernel launch each on a GPU; views and other metadata operations left out) and those that
+    read a tensor on the host (``.item()``, ``bool()``, ``nonzero``: a device sync each)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    counts = {"kernels": 0, "reads": 0}
+
+    class Counter(TorchDispatchMode):
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            name = func.overloadpacket.__name__
+            counts["kernels"] += name not in METADATA_OPS
+            counts["reads"] += name in HOST_READS
+            return func(*args, **(kwargs or {}))
+
+    with warnings.catch_warnings(), Counter():
+        warnings.simplefilter("ignore")
+        run(model, x, labels)
+    return counts["kernels"], counts["reads"]
+
+
+def iterations(label: str, steps: int) -> int:
+    """The nominal iterations of a pair's runs (see :func:`pairs`)."""
+    if label.startswith(("FAB", "APGD")):
+        return 100
+    if label.startswith("DeepFool"):
+        return 50
+    return steps
+
+
+#: Header and rule of the ``--kernels`` table.
+KERNELS_HEADER = [
+    "| attack | kernels per iteration: ours · adv-lib · foolbox · pyautoattack | host reads per iteration: "
+    "ours · adv-lib · foolbox · pyautoattack | ours ÷ adv-lib, kernels | measured |",
+    "|---|---|---|---|---|",
+]
+
+
+def kernels_row(label: str, counted: dict[str, tuple[int, int]], steps: int) -> str:
+    """One row of the ``--kernels`` table (a dash for a peer that lacks the pair)."""
+    per = {side: (k / steps, r / steps) for side, (k, r) in counted.items()}
+    sides = ("ours", "adv-lib", "foolbox", "pyautoattack")
+    kernels = " · ".join(f"{per[s][0]:.1f}" if s in per else "–" for s in sides)
+    reads = " · ".join(f"{per[s][1]:.2f}" if s in per else "–" for s in sides)
+    versus = f"{per['ours'][0] / per['adv-lib'][0]:.2f}" if "adv-lib" in per else "–"
+    when = f"{datetime.datetime.now(datetime.timezone.utc):%m-%d %H:%M}"
+    return f"| {label} | {kernels} | {reads} | {versus} | {when} |"
 
 
 def ratio(a: list[float], b: list[float]) -> str:
@@ -310,6 +391,11 @@ def main() -> None:
         "and shown in their own section)",
     )
     parser.add_argument(
+        "--kernels",
+        action="store_true",
+        help="count the kernels and host reads per iteration of every side (one run each, no timing)",
+    )
+    parser.add_argument(
         "--no-doc", action="store_true", help="only measure and cache the rows (no page written)"
     )
     args = parser.parse_args()
@@ -327,10 +413,23 @@ def main() -> None:
     only = [s.strip() for s in args.only.split(",")] if args.only else list(table)
     peers = ("adv-lib", "foolbox", "pyautoattack")
 
-    cache_path = cost_cache(args.model, args.paired, device.type, args.n, args.steps, args.first)
+    cache_path = cost_cache(
+        args.model, args.paired, device.type, args.n, args.steps, args.first, args.kernels
+    )
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     for label in only:
         norm, sides = table[label]
+        if args.kernels:
+            counted = {s: count_kernels(run, model, x, labels) for s, run in sides.items() if s != "floor"}
+            if "floor" in sides:
+                cache["floor"] = count_kernels(sides["floor"], model, x, labels)[0] / args.steps
+            cache[label] = {
+                "row": kernels_row(label, counted, iterations(label, args.steps)),
+                "commit": current_commit(),
+            }
+            print(cache[label]["row"], file=sys.stderr, flush=True)
+            write_text_atomic(cache_path, json.dumps(cache))
+            continue
         if args.paired:
             if "adv-lib" not in sides:
                 continue
@@ -474,6 +573,26 @@ def page(args: argparse.Namespace, labels: list[str]) -> str:
             *rows,
             "",
         ]
+    kernels_cache = cost_cache("smallnet", False, "cpu", args.n, args.steps, args.first, kernels=True)
+    kernels = json.loads(kernels_cache.read_text()) if kernels_cache.exists() else {}
+    kernel_rows = [kernels[label]["row"] for label in labels if label in kernels]
+    kernels_section = [
+        f"## Kernels and host reads per iteration (`--kernels`), SmallNet; commit "
+        f"{', '.join(sorted({kernels[label]['commit'] for label in labels if label in kernels}))}",
+        "",
+        "What a GPU pays for where the model is small: every aten operation that computes is one "
+        "kernel launch (microseconds of CPU each, whatever the batch), and every host read "
+        "(`.item()`, `bool()`, `nonzero`) makes the CPU wait for the device before it can queue "
+        "the next step. Counted with a `TorchDispatchMode` over one run of each side on the batch "
+        "above (the counts do not depend on the device); views and other metadata operations are "
+        "left out. Per nominal iteration (FMN, DDN, ALMA, C&W: "
+        f"{args.steps}; FAB, APGD: 100; DeepFool: 50), so early exits lower a count. The model's "
+        f"own forward + backward (the floor loop's step) is {kernels.get('floor', float('nan')):.1f} kernels.",
+        "",
+        *KERNELS_HEADER,
+        *kernel_rows,
+        "",
+    ]
     cuda_section = []
     for path in sorted(CACHE.glob(f"attack_cost_paired_cuda_n*_s*_from{args.first}.json")):
         rows, commits, devices = paired_rows(path, labels)
@@ -547,6 +666,7 @@ def page(args: argparse.Namespace, labels: list[str]) -> str:
             *(paired_section if paired else []),
             *other_sections,
             *cuda_section,
+            *(kernels_section if kernel_rows else []),
             f"## A linear model (784 → 10, `--model linear`); commit {', '.join(linear_commits)}",
             "",
             "The same attacks on a model whose forward and backward cost a few µs: the seconds are "
