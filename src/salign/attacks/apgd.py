@@ -24,7 +24,7 @@ from salign.attacks._ops import (
     project_on_ball,
     project_on_l1_ball_in_box,
 )
-from salign.attacks._tracker import Tracker, select
+from salign.attacks._tracker import ALL, Tracker
 from salign.attacks.result import AttackResult
 from salign.errors import InputError
 
@@ -189,84 +189,104 @@ class APGD(Attack):
         return (signs / signs.abs().sum(1, keepdim=True).clamp_min(1e-12)).view_as(grad)
 
     def iterate(self, model: nn.Module, tracker: Tracker, start: Tensor | None) -> None:
-        x, labels, n = tracker.x, tracker.labels, tracker.x.shape[0]
+        x, n = tracker.x, tracker.x.shape[0]
         eps = self._radii(x, start)
         tracker.active &= torch.isfinite(eps) & (eps > 0)
         eps = torch.nan_to_num(eps, nan=0.0, posinf=0.0)
         delta = self._initial(x, eps, start)
-        previous = delta.clone()  # δ_{k−1}, for the momentum
         l1 = self.norm == 1
-        step = eps * (1.0 if l1 else 2.0)
-        best_loss = torch.full((n,), -math.inf, device=x.device, dtype=x.dtype)
-        best_delta, best_grad, grad = delta.clone(), torch.zeros_like(x), torch.zeros_like(x)
-        last_loss = best_loss.clone()
-        raised = torch.zeros(n, device=x.device, dtype=x.dtype)  # loss-raising steps since the check
-        reduced = torch.ones(n, dtype=torch.bool, device=x.device)  # η halved at the last check
-        checked_loss = best_loss.clone()
-        sparsity = torch.full((n,), 0.2, device=x.device, dtype=x.dtype)  # L1: share of entries moved
-        nonzero_before = torch.full((n,), float(x[0].numel()), device=x.device, dtype=x.dtype)
+        full = torch.full((n,), -math.inf, device=x.device, dtype=x.dtype)
+        # The state of the samples still iterated, one row each (``rows``: their indices in the
+        # batch), compacted once where some stop rather than gathered and scattered every step.
+        s = {
+            "x": x,
+            "labels": tracker.labels,
+            "eps": eps,
+            "delta": delta,
+            "previous": delta,  # δ_{k−1}, for the momentum
+            "step": eps * (1.0 if l1 else 2.0),
+            "best_loss": full,
+            "best_delta": delta,
+            "best_grad": torch.zeros_like(x),
+            "grad": torch.zeros_like(x),
+            "last_loss": full,
+            "raised": torch.zeros_like(eps),  # loss-raising steps since the last check
+            "reduced": torch.ones(n, dtype=torch.bool, device=x.device),  # η halved at the last check
+            "checked_loss": full,
+            "sparsity": torch.full_like(eps, 0.2),  # L1: share of entries moved
+            "nonzero_before": torch.full_like(eps, float(x[0].numel())),
+        }
+        rows = torch.arange(n, device=x.device)
         windows = [max(int(0.04 * self.steps), 1)] * self.steps if l1 else checkpoint_lengths(self.steps)
         next_check, window = (windows[0] if windows else self.steps + 1), 0
         loss_fn = _cross_entropy if self.loss == "ce" else dlr_loss
         for i, idx, _ in tracker.iterations(self.steps, schedule=False):
-            xa, lab = x[idx], labels[idx]
-            d = delta[idx].requires_grad_(True)
+            if idx is not ALL and idx.numel() < rows.numel():  # some stopped: keep the others' rows
+                keep = torch.searchsorted(rows, idx)
+                s = {key: value[keep] for key, value in s.items()}
+                rows = idx
+            d = s["delta"].detach().requires_grad_(True)
             with torch.enable_grad():
-                point = xa + d
+                point = s["x"] + d
                 logits = model(point)
                 if self.loss == "dlr" and logits.shape[1] < 3:
                     raise InputError(
                         f"APGD's DLR loss needs at least 3 classes, the model has {logits.shape[1]}"
                     )
-                loss = loss_fn(logits, lab)
+                loss = loss_fn(logits, s["labels"])
             (g,) = torch.autograd.grad(loss.sum(), d)
             with torch.no_grad():
                 d, loss = d.detach(), loss.detach()
-                is_adv, finite = adversarial(logits.detach(), lab)
+                is_adv, finite = adversarial(logits.detach(), s["labels"])
                 tracker.update(idx, point, lp_norm(d, self.norm), is_adv, finite)
-                grad[idx] = g
-                raised[idx] += (loss > last_loss[idx]).to(x.dtype)
-                last_loss[idx] = loss
-                better = loss > best_loss[idx]  # no host read: rows rewritten whether better or not
-                best_loss[idx] = torch.where(better, loss, best_loss[idx])
+                s["grad"] = g
+                s["raised"] = s["raised"] + (loss > s["last_loss"]).to(x.dtype)
+                s["last_loss"] = loss
+                better = loss > s["best_loss"]
+                s["best_loss"] = torch.where(better, loss, s["best_loss"])
                 better = batch_view(better, d)
-                best_delta[idx] = torch.where(better, d, best_delta[idx])
-                best_grad[idx] = torch.where(better, g, best_grad[idx])
+                s["best_delta"] = torch.where(better, d, s["best_delta"])
+                s["best_grad"] = torch.where(better, g, s["best_grad"])
                 if i + 1 == next_check:  # the step-size check (Algorithm 1, conditions 1 and 2)
-                    length = windows[window]
-                    if l1:
-                        nonzero = (best_delta[idx].flatten(1).abs() > 0).sum(1).to(x.dtype)
-                        restart = nonzero / nonzero_before[idx] < 0.95
-                        sparsity[idx] = nonzero / x[0].numel() / 1.5
-                        step[idx] = torch.where(restart, eps[idx], step[idx] / 1.5)
-                        step[idx] = torch.minimum(torch.maximum(step[idx], eps[idx] / 10), eps[idx])
-                        nonzero_before[idx] = nonzero
-                    else:
-                        oscillating = raised[idx] <= self.rho * length
-                        stuck = ~reduced[idx] & (checked_loss[idx] >= best_loss[idx])
-                        restart = oscillating | stuck
-                        reduced[idx] = restart
-                        checked_loss[idx] = best_loss[idx]
-                        step[idx] = torch.where(restart, step[idx] / 2, step[idx])
-                    raised[idx] = 0
-                    back = select(idx, restart)
-                    delta[back], grad[back] = best_delta[back], best_grad[back]
+                    self._check(s, windows[window])
                     window += 1
                     next_check += windows[window] if window < len(windows) else self.steps + 1
                 tracker.active[idx] &= ~is_adv  # broken at ε: done
-                d_now = delta[idx]
+                d_now = s["delta"]
                 z = self._project(
-                    d_now + batch_view(step[idx], d_now) * self._direction(grad[idx], sparsity[idx]),
-                    xa,
-                    eps[idx],
+                    d_now + batch_view(s["step"], d_now) * self._direction(s["grad"], s["sparsity"]),
+                    s["x"],
+                    s["eps"],
                 )
                 if not l1 and i > 0:
                     mixed = (
-                        d_now + self.momentum * (z - d_now) + (1 - self.momentum) * (d_now - previous[idx])
+                        d_now + self.momentum * (z - d_now) + (1 - self.momentum) * (d_now - s["previous"])
                     )
-                    z = self._project(mixed, xa, eps[idx])
-                previous[idx] = d_now
-                delta[idx] = z
+                    z = self._project(mixed, s["x"], s["eps"])
+                s["previous"], s["delta"] = d_now, z
+
+    def _check(self, s: dict[str, Tensor], length: int) -> None:
+        """The step-size check at the end of a window of ``length`` steps, on the state ``s``
+        (Algorithm 1, conditions 1 and 2; in L1 the sparsity rule of the ICCV paper): η shrinks
+        and, where it restarts, the iterate goes back to the best-loss point."""
+        if self.norm == 1:
+            nonzero = (s["best_delta"].flatten(1).abs() > 0).sum(1).to(s["eps"].dtype)
+            restart = nonzero / s["nonzero_before"] < 0.95
+            s["sparsity"] = nonzero / s["x"][0].numel() / 1.5
+            step = torch.where(restart, s["eps"], s["step"] / 1.5)
+            s["step"] = torch.minimum(torch.maximum(step, s["eps"] / 10), s["eps"])
+            s["nonzero_before"] = nonzero
+        else:
+            oscillating = s["raised"] <= self.rho * length
+            stuck = ~s["reduced"] & (s["checked_loss"] >= s["best_loss"])
+            restart = oscillating | stuck
+            s["reduced"] = restart
+            s["checked_loss"] = s["best_loss"]
+            s["step"] = torch.where(restart, s["step"] / 2, s["step"])
+        s["raised"] = torch.zeros_like(s["raised"])
+        back = batch_view(restart, s["delta"])
+        s["delta"] = torch.where(back, s["best_delta"], s["delta"])
+        s["grad"] = torch.where(back, s["best_grad"], s["grad"])
 
 
 def apgd(model: nn.Module, x: Tensor, labels: Tensor | None = None, **options: Any) -> AttackResult:
