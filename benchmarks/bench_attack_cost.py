@@ -33,6 +33,7 @@ import json
 import math
 import os
 import platform
+import subprocess
 import sys
 import time
 import warnings
@@ -103,6 +104,48 @@ def median_interval(values: list[float], level: float = 0.95) -> tuple[float, fl
 
 #: Label suffix of the paired rows measured with glibc's heap trimming and mmap threshold off.
 MALLOC_TUNED = " · glibc trim off"
+#: Label suffix of the paired rows measured with each timed run in a process of its own.
+ISOLATED = " · a process per run"
+
+
+def measure_isolated(label: str, args: argparse.Namespace, repeats: int) -> dict[str, list[float]]:
+    """``--paired --isolated``: each timed run of each side in a fresh process (which loads the
+    model and batch, runs the side once to warm up, then times one run), the sides alternating
+    with the order rotating; fills :data:`FAULTS`. A side's heap then holds only its own
+    history: in one process the other side's allocations decide when glibc trims the heap."""
+    times: dict[str, list[float]] = {"ours": [], "adv-lib": []}
+    names = list(times)
+    base = [
+        sys.executable,
+        __file__,
+        "--n",
+        str(args.n),
+        "--first",
+        str(args.first),
+        "--steps",
+        str(args.steps),
+    ]
+    base += ["--threads", str(args.threads), "--model", args.model, "--device", args.device, "--only", label]
+    for rep in range(repeats):
+        for side in names[rep % 2 :] + names[: rep % 2]:
+            out = subprocess.run([*base, "--one-side", side], capture_output=True, text=True, check=True)
+            result = json.loads(out.stdout.strip().splitlines()[-1])
+            times[side].append(result["seconds"])
+            FAULTS.setdefault(side, []).append(result["faults"])
+    return times
+
+
+def one_side(side: Run, model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor) -> None:
+    """The child of :func:`measure_isolated`: warm up, time one run, print its JSON."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        side(model, x, labels)
+        synchronize(x.device)
+        faults, start = minor_faults(), time.perf_counter()
+        side(model, x, labels)
+        synchronize(x.device)
+        seconds = time.perf_counter() - start
+    print(json.dumps({"seconds": seconds, "faults": minor_faults() - faults}))
 
 
 def paired_row(label: str, times: dict[str, list[float]], repeats: int, steps: int) -> str:
@@ -391,6 +434,12 @@ def main() -> None:
         "and shown in their own section)",
     )
     parser.add_argument(
+        "--isolated",
+        action="store_true",
+        help="with --paired: each timed run in a process of its own (no shared heap between the sides)",
+    )
+    parser.add_argument("--one-side", default=None, help=argparse.SUPPRESS)  # a child of --isolated
+    parser.add_argument(
         "--kernels",
         action="store_true",
         help="count the kernels and host reads per iteration of every side (one run each, no timing)",
@@ -413,6 +462,9 @@ def main() -> None:
     only = [s.strip() for s in args.only.split(",")] if args.only else list(table)
     peers = ("adv-lib", "foolbox", "pyautoattack")
 
+    if args.one_side is not None:
+        one_side(table[only[0]][1][args.one_side], model, x, labels)
+        return
     cache_path = cost_cache(
         args.model, args.paired, device.type, args.n, args.steps, args.first, args.kernels
     )
@@ -435,8 +487,12 @@ def main() -> None:
                 continue
             sides = {"ours": sides["ours"], "adv-lib": sides["adv-lib"]}
             FAULTS.clear()
-            times, _ = measure(sides, model, x, labels, norm, args.repeats)
+            if args.isolated:
+                times = measure_isolated(label, args, args.repeats)
+            else:
+                times, _ = measure(sides, model, x, labels, norm, args.repeats)
             key = label + (MALLOC_TUNED if os.environ.get("MALLOC_TRIM_THRESHOLD_") else "")
+            key += ISOLATED if args.isolated else ""
             steps = 50 if label.startswith("DeepFool") else args.steps
             cache[key] = {
                 "row": paired_row(key, times, args.repeats, steps),
@@ -525,7 +581,7 @@ def paired_rows(path: Path, labels: list[str]) -> tuple[list[str], list[str], li
     """The cached ``--paired`` rows of ``labels`` in a file (each followed by its row measured
     with glibc's trimming off, if any), the commits and the devices they were measured at."""
     cache = json.loads(path.read_text()) if path.exists() else {}
-    keys = [k for label in labels for k in (label, label + MALLOC_TUNED) if k in cache]
+    keys = [k for label in labels for k in (label, label + MALLOC_TUNED, label + ISOLATED) if k in cache]
     commits = sorted({cache[k]["commit"] for k in keys})
     devices = sorted({cache[k].get("device", "?") for k in keys})
     return [cache[k]["row"] for k in keys], commits, devices
