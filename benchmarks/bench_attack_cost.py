@@ -604,7 +604,13 @@ def page(args: argparse.Namespace, labels: list[str]) -> str:
         "",
         "The two sides alternate (order rotating), nothing else runs between them; the interval is "
         "the distribution-free 95% confidence interval of the median of the per-repeat ratios "
-        "(order statistics).",
+        "(order statistics). In one process the two sides share glibc's heap, so each side's page "
+        "faults depend on the other's allocation history (under strace, fresh processes of the two "
+        "FMN L∞ runs faulted 1219 (ours) and 1825 (adv-lib) times per step, the opposite order of "
+        f"the shared process). The rows marked `{ISOLATED.strip(' ·')}` (`--isolated`) run each "
+        "timed run in a fresh process that loads the model and batch, runs the side once to warm "
+        "up and then times one run: each side with only its own heap history, as a user running "
+        "one attack has it.",
         "",
         *PAIRED_HEADER,
         *paired,
