@@ -465,6 +465,7 @@ def main() -> None:
     if args.one_side is not None:
         one_side(table[only[0]][1][args.one_side], model, x, labels)
         return
+    commit = current_commit()  # the code this process imported, whatever is committed while it runs
     cache_path = cost_cache(
         args.model, args.paired, device.type, args.n, args.steps, args.first, args.kernels
     )
@@ -477,7 +478,7 @@ def main() -> None:
                 cache["floor"] = count_kernels(sides["floor"], model, x, labels)[0] / args.steps
             cache[label] = {
                 "row": kernels_row(label, counted, iterations(label, args.steps)),
-                "commit": current_commit(),
+                "commit": commit,
             }
             print(cache[label]["row"], file=sys.stderr, flush=True)
             write_text_atomic(cache_path, json.dumps(cache))
@@ -499,7 +500,7 @@ def main() -> None:
                 "ratio": median(
                     torch.tensor([a / b for a, b in zip(times["ours"], times["adv-lib"], strict=True)])
                 ),
-                "commit": current_commit(),
+                "commit": commit,
                 "device": device_name(device),
             }
             print(cache[key]["row"], file=sys.stderr, flush=True)
@@ -534,7 +535,7 @@ def main() -> None:
         load = os.getloadavg()[0]
         when = f"{datetime.datetime.now(datetime.timezone.utc):%m-%d %H:%M}, load {load:.1f}, {args.repeats}×"
         cells += [calls, meds, when]
-        cache[label] = {"row": "| " + " | ".join(cells) + " |", "commit": current_commit()}
+        cache[label] = {"row": "| " + " | ".join(cells) + " |", "commit": commit}
         print(cache[label]["row"], file=sys.stderr, flush=True)
 
         write_text_atomic(cache_path, json.dumps(cache))
@@ -649,7 +650,8 @@ def page(args: argparse.Namespace, labels: list[str]) -> str:
         "above (the counts do not depend on the device); views and other metadata operations are "
         "left out. Per nominal iteration (FMN, DDN, ALMA, C&W: "
         f"{args.steps}; FAB, APGD: 100; DeepFool: 50), so early exits lower a count. The model's "
-        f"own forward + backward (the floor loop's step) is {kernels.get('floor', float('nan')):.1f} kernels.",
+        f"forward and backward with a cross-entropy and a clamped step (the floor loop's step) take "
+        f"{kernels.get('floor', float('nan')):.1f} kernels.",
         "",
         *KERNELS_HEADER,
         *kernel_rows,
