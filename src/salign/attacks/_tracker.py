@@ -149,9 +149,11 @@ class Tracker:
         self.best_dist = dist.clone()
         self.best_adv = adv.clone()
 
-    def absorb(self, adv: Tensor, dist: Tensor) -> None:
-        """Take ``adv`` wherever it is closer than this run's best point."""
+    def absorb(self, adv: Tensor, dist: Tensor, where: Tensor | None = None) -> None:
+        """Take ``adv`` wherever it is closer than this run's best point (and ``where`` holds)."""
         better = dist < self.best_dist
+        if where is not None:
+            better &= where
         self.best_dist = torch.where(better, dist, self.best_dist)
         self.best_adv = torch.where(batch_view(better, self.x), adv, self.best_adv)
 
@@ -161,9 +163,7 @@ class Tracker:
         """Record points ``adv`` (rows ``idx``) with distances ``dist``; keep the better adversarial ones."""
         adv, dist = adv.detach(), dist.detach()
         if idx is ALL:  # every sample: no gather
-            better = is_adv & (dist < self.best_dist)
-            self.best_dist = torch.where(better, dist, self.best_dist)
-            self.best_adv = torch.where(batch_view(better, adv), adv, self.best_adv)
+            self.absorb(adv, dist, is_adv)
             if finite is not None:
                 self.nonfinite |= ~finite
             return
