@@ -478,10 +478,13 @@ def test_attack_loops_never_sync_with_the_device(make: Callable[[int], Any]) -> 
     assert counts[0] == counts[1], counts
 
 
+@pytest.mark.parametrize("fast", [True, False], ids=["cpu-fast-paths", "plain-calls"])
 @pytest.mark.parametrize("p", [1.0, 2.0, math.inf])
-def test_lp_norm_equals_torch_vector_norm(p: float) -> None:
+def test_lp_norm_equals_torch_vector_norm(p: float, fast: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    from salign.attacks import _ops
     from salign.attacks._ops import lp_norm
 
+    monkeypatch.setattr(_ops, "CPU_FAST_PATHS", fast)  # off: the calls other devices make
     t = torch.randn(6, 3, 4, 5, dtype=torch.float64)
     torch.testing.assert_close(lp_norm(t, p), torch.linalg.vector_norm(t.flatten(1), ord=p, dim=1))
     torch.testing.assert_close(
@@ -489,13 +492,21 @@ def test_lp_norm_equals_torch_vector_norm(p: float) -> None:
     )
 
 
+@pytest.mark.parametrize("fast", [True, False], ids=["cpu-fast-paths", "plain-calls"])
 @pytest.mark.parametrize("p", [1.0, 2.0, math.inf])
-def test_project_on_ball_in_place_equals_the_copy(p: float) -> None:
+def test_project_on_ball_in_place_equals_the_copy(
+    p: float, fast: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from salign.attacks import _ops
     from salign.attacks._ops import lp_norm, project_on_ball
 
     delta = torch.randn(5, 1, 4, 4, dtype=torch.float64)
     radius = torch.tensor([0.1, 1.0, 10.0, 0.5, 2.0], dtype=torch.float64)
+    monkeypatch.setattr(_ops, "CPU_FAST_PATHS", not fast)
+    other = project_on_ball(delta, radius, p)  # the other path gives the same projection
+    monkeypatch.setattr(_ops, "CPU_FAST_PATHS", fast)
     copy = project_on_ball(delta, radius, p)
+    torch.testing.assert_close(other, copy, rtol=0, atol=0)
     work = delta.clone()
     got = project_on_ball(work, radius, p, inplace=True)
     torch.testing.assert_close(got, copy, rtol=0, atol=0)

@@ -29,18 +29,32 @@ def l2_norm(t: Tensor) -> Tensor:
     return lp_norm(t, 2.0)
 
 
+#: Whether the CPU fast paths of :func:`lp_norm` and :func:`project_on_ball` are used for CPU
+#: tensors. Each replaces one torch call by two or three that run faster on CPU but launch more
+#: kernels, so other devices always take the plain call; ``False`` runs the plain calls on CPU
+#: too (the kernel counts of docs/benchmarks/attacks-cost.md are those of a GPU this way).
+CPU_FAST_PATHS = True
+
+
+def cpu_fast_path(t: Tensor) -> bool:
+    """Whether ``t`` takes the CPU fast paths (see :data:`CPU_FAST_PATHS`)."""
+    return CPU_FAST_PATHS and t.device.type == "cpu"
+
+
 def lp_norm(t: Tensor, p: float, start_dim: int = 1) -> Tensor:
     """Lp norm over the dimensions from ``start_dim`` on (per sample for a batch), p ∈ [1, ∞].
 
-    For p = ∞ and p = 1 this is ``max |t|`` and ``Σ |t|``: on CPU torch's generic ``norm(p=...)``
-    takes 4–9 times as long for these two (a few tens of µs on an MNIST batch, paid every
-    iteration of an attack; docs/benchmarks/attacks-cost.md).
+    For p = ∞ and p = 1 on CPU (:data:`CPU_FAST_PATHS`) this is ``max |t|`` and ``Σ |t|``:
+    there torch's generic ``vector_norm(ord=...)`` takes 4–9 times as long for these two (a few
+    tens of µs on an MNIST batch, paid every iteration of an attack;
+    docs/benchmarks/attacks-cost.md), while on a GPU it is one kernel where they are two.
     """
     flat = t.flatten(start_dim)
-    if math.isinf(p):
-        return flat.abs().amax(-1)
-    if p == 1:
-        return flat.abs().sum(-1)
+    if cpu_fast_path(t):
+        if math.isinf(p):
+            return flat.abs().amax(-1)
+        if p == 1:
+            return flat.abs().sum(-1)
     return torch.linalg.vector_norm(flat, ord=p, dim=-1)
 
 
@@ -109,7 +123,10 @@ def project_on_ball(delta: Tensor, radius: Tensor, p: float, *, inplace: bool = 
         factor = batch_view((radius / l2_norm(delta).clamp_min(1e-12)).clamp(max=1), delta)
         return delta.mul_(factor) if inplace else delta * factor
     if math.isinf(p):
-        r = batch_view(radius, delta)  # minimum/maximum: on CPU 2–3× faster than clamp(min=-r, max=r)
+        r = batch_view(radius, delta)
+        if not cpu_fast_path(delta):
+            return torch.clamp(delta, -r, r, out=delta if inplace else None)
+        # minimum then maximum: on CPU 2–3× faster than clamp with tensor bounds (one kernel more)
         if inplace:
             return torch.maximum(torch.minimum(delta, r, out=delta), -r, out=delta)
         return torch.maximum(torch.minimum(delta, r), -r)
@@ -181,12 +198,13 @@ def adversarial(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     return (logits.argmax(1) != labels) & finite, finite
 
 
-def adversarial_by_margin(margin: Tensor) -> tuple[Tensor, Tensor]:
+def adversarial_by_margin(margin: Tensor, magnitude: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """(is_adversarial, finite) from the logit margin (:func:`logit_margin`): another class
     scores strictly higher than the label, and the margin is finite (a NaN logit, a +∞ one or a
     −∞ label logit makes it NaN or infinite). Two kernels fewer than :func:`adversarial`; a tie
-    with the label counts as not adversarial."""
-    finite = margin.abs() < math.inf  # NaN fails
+    with the label counts as not adversarial. ``magnitude``: ``margin.abs()`` if the caller
+    has it (one kernel fewer)."""
+    finite = (margin.abs() if magnitude is None else magnitude) < math.inf  # NaN fails
     return (margin < 0) & finite, finite
 
 

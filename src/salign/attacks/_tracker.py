@@ -132,7 +132,7 @@ class Tracker:
         self.best_dist = torch.full((n,), float("inf"), device=x.device, dtype=x.dtype)
         self.best_dist[~attacked] = 0
         self.zero_gradient = torch.zeros(n, dtype=torch.bool, device=x.device)
-        self.nonfinite = torch.zeros(n, dtype=torch.bool, device=x.device)
+        self.all_finite = torch.ones(n, dtype=torch.bool, device=x.device)  # every logit seen was finite
         self.active = attacked.clone()
         self.early_exit = EarlyExit(n, x.device, patience=patience)
         self._directions: Tensor | None = None
@@ -140,6 +140,11 @@ class Tracker:
     @property
     def found(self) -> Tensor:
         return torch.isfinite(self.best_dist)
+
+    @property
+    def nonfinite(self) -> Tensor:
+        """The samples at which the model returned a NaN/Inf logit at some visited point."""
+        return ~self.all_finite
 
     def active_indices(self) -> Tensor:
         return self.active.nonzero().squeeze(1)
@@ -165,14 +170,14 @@ class Tracker:
         if idx is ALL:  # every sample: no gather
             self.absorb(adv, dist, is_adv)
             if finite is not None:
-                self.nonfinite |= ~finite
+                self.all_finite &= finite  # one kernel, where ``nonfinite |= ~finite`` is two
             return
         best_dist = self.best_dist[idx]
         better = is_adv & (dist < best_dist)  # no host sync: rows rewritten whether better or not
         self.best_dist[idx] = torch.where(better, dist, best_dist)
         self.best_adv[idx] = torch.where(batch_view(better, adv), adv, self.best_adv[idx])
         if finite is not None:
-            self.nonfinite[idx] |= ~finite
+            self.all_finite[idx] &= finite
 
     def mark_zero_gradient(self, idx: Rows, zero: Tensor) -> None:
         if idx is ALL:

@@ -128,7 +128,7 @@ class FAB(Attack):
         for targets, restart in passes:
             # every pass starts on all attacked samples (a stall or a vanished gradient of one
             # target or restart says nothing about the next)
-            tracker.active = attacked & (tracker.best_dist > 0) & ~tracker.nonfinite
+            tracker.active = attacked & (tracker.best_dist > 0) & tracker.all_finite
             if restart == 0:
                 point = x.clone() if start is None else start.clone()
             else:

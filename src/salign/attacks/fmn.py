@@ -106,7 +106,7 @@ class FMN(Attack):
         self,
         eps: Tensor,
         d_norm: Tensor,
-        margin: Tensor,
+        margin_size: Tensor,
         grad_dual: Tensor,
         is_adv: Tensor,
         seen: Tensor,
@@ -116,9 +116,12 @@ class FMN(Attack):
     ) -> Tensor:
         """The ε update (Algorithm 1, lines 6–9): shrink if adversarial, grow otherwise; before
         the first adversarial point, the linearised distance to the boundary (``grad_dual``:
-        the dual norm of the margin's gradient). ``first``: the first step, where ε is still +∞
-        for every sample (after it, ε is finite wherever a sample is iterated)."""
-        searching = d_norm + margin.abs() / grad_dual.clamp_min(1e-12)
+        the dual norm of the margin's gradient, ``margin_size`` the margin's absolute value).
+        ``first``: the first step, where ε is still +∞ for every sample (after it, ε is finite
+        wherever a sample is iterated). A vanished gradient makes the linearised distance +∞ (or
+        NaN where the margin is 0 too), which the caller's clip turns into the largest useful
+        radius."""
+        searching = torch.addcdiv(d_norm, margin_size, grad_dual)  # ‖δ‖ + |margin| / ‖∇‖_q
         grown = eps * (1 + gamma)
         if self.guarded_search:
             searching = searching * (1 + gamma)
@@ -149,7 +152,8 @@ class FMN(Attack):
             with torch.no_grad():
                 d, margin = d.detach(), margin.detach()
                 d_norm = lp_norm(d, self.norm)
-                is_adv, finite = adversarial_by_margin(margin)
+                margin_size = margin.abs()
+                is_adv, finite = adversarial_by_margin(margin, margin_size)
                 tracker.update(idx, point, d_norm, is_adv, finite)
                 if idx is ALL:
                     seen = found.logical_or_(is_adv)
@@ -161,7 +165,7 @@ class FMN(Attack):
                 e = self._radius(
                     eps[idx],
                     d_norm,
-                    margin,
+                    margin_size,
                     grad_dual,
                     is_adv,
                     seen,
@@ -169,7 +173,8 @@ class FMN(Attack):
                     gamma,
                     step == 0,
                 )
-                # fmin: a NaN radius (non-finite logits) becomes the largest useful one
+                # fmin: a NaN radius (non-finite logits, or a margin and gradient both 0)
+                # becomes the largest useful one
                 if idx is ALL:
                     e = torch.fmin(e, worst, out=eps)
                 else:
