@@ -18,6 +18,7 @@ from salign.attacks._ops import (
     batch_view,
     check_choice,
     check_positive,
+    clamp_between,
     l2_norm,
     logit_margin,
     lp_norm,
@@ -150,20 +151,32 @@ class APGD(Attack):
         assert self.relative_eps is not None
         return self.relative_eps * lp_norm(start - x, self.norm)
 
-    def _project(self, delta: Tensor, x: Tensor, eps: Tensor) -> Tensor:
-        """Onto the ε-ball intersected with the box: x + δ ∈ [0, 1] (exact in L∞ and L1; in L2
-        the ball's rescaling, then the box's clamp, as the paper does)."""
+    def _bounds(self, x: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
+        """The box of δ, ``−x ≤ δ ≤ 1 − x``; in L∞ intersected with the ε-ball, which is a box
+        too: ``max(−ε, −x) ≤ δ ≤ min(ε, 1 − x)``."""
+        if math.isinf(self.norm):
+            r = batch_view(eps, x)
+            return torch.maximum(-r, -x), torch.minimum(r, 1 - x)
+        return -x, 1 - x
+
+    def _project(self, delta: Tensor, eps: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+        """Onto the ε-ball intersected with the box ``lo ≤ δ ≤ hi`` of :meth:`_bounds` (exact
+        in L∞, a clamp to the intersection, and in L1; in L2 the ball's rescaling, then the
+        box's clamp, as the paper does)."""
         if self.norm == 1:
-            return project_on_l1_ball_in_box(delta, eps, -x, 1 - x)
-        return (x + project_on_ball(delta, eps, self.norm)).clamp(0, 1) - x
+            return project_on_l1_ball_in_box(delta, eps, lo, hi)
+        if self.norm == 2:
+            delta = project_on_ball(delta, eps, 2.0)
+        return clamp_between(delta, lo, hi, out=delta)
 
     def _initial(self, x: Tensor, eps: Tensor, start: Tensor | None) -> Tensor:
         """δ₀: a random point of the ε-ball (L∞: uniform entries scaled to ‖·‖∞ = ε; L2: a
         Gaussian scaled to ε, then clamped to the box; L1: a standard Gaussian projected onto
         the ball in the box, as the authors' code does, so a sparse start), or the warm start
         projected onto the ball."""
+        lo, hi = self._bounds(x, eps)
         if not self.random_init:
-            return self._project(torch.zeros_like(x) if start is None else start - x, x, eps)
+            return self._project(torch.zeros_like(x) if start is None else start - x, eps, lo, hi)
         generator = torch.Generator(device=x.device).manual_seed(self.seed)
         if math.isinf(self.norm):
             t = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1
@@ -171,7 +184,7 @@ class APGD(Attack):
             t = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         if self.norm != 1:
             t = t * batch_view(eps / lp_norm(t, self.norm).clamp_min(1e-12), t)
-        return self._project(t, x, eps)
+        return self._project(t, eps, lo, hi)
 
     def _direction(self, grad: Tensor, sparsity: Tensor) -> Tensor:
         """The ascent direction: sign(∇) (L∞), ∇ / ‖∇‖₂ (L2), or in L1 the signs of the entries
@@ -198,8 +211,11 @@ class APGD(Attack):
         full = torch.full((n,), -math.inf, device=x.device, dtype=x.dtype)
         # The state of the samples still iterated, one row each (``rows``: their indices in the
         # batch), compacted once where some stop rather than gathered and scattered every step.
+        lo, hi = self._bounds(x, eps)
         s = {
             "x": x,
+            "lo": lo,  # the box of δ (:meth:`_bounds`)
+            "hi": hi,
             "labels": tracker.labels,
             "eps": eps,
             "delta": delta,
@@ -240,7 +256,7 @@ class APGD(Attack):
                 is_adv, finite = adversarial(logits.detach(), s["labels"])
                 tracker.update(idx, point, lp_norm(d, self.norm), is_adv, finite)
                 s["grad"] = g
-                s["raised"] = s["raised"] + (loss > s["last_loss"]).to(x.dtype)
+                s["raised"] = s["raised"] + (loss > s["last_loss"])  # a bool adds 0 or 1
                 s["last_loss"] = loss
                 better = loss > s["best_loss"]
                 s["best_loss"] = torch.where(better, loss, s["best_loss"])
@@ -251,18 +267,17 @@ class APGD(Attack):
                     self._check(s, windows[window])
                     window += 1
                     next_check += windows[window] if window < len(windows) else self.steps + 1
-                tracker.active[idx] &= ~is_adv  # broken at ε: done
+                # broken at ε: done (the rows of idx are all active, so no and)
+                tracker.active[idx] = ~is_adv
                 d_now = s["delta"]
-                z = self._project(
-                    d_now + batch_view(s["step"], d_now) * self._direction(s["grad"], s["sparsity"]),
-                    s["x"],
-                    s["eps"],
-                )
+                step = batch_view(s["step"], d_now)
+                z = torch.addcmul(d_now, step, self._direction(s["grad"], s["sparsity"]))
+                z = self._project(z, s["eps"], s["lo"], s["hi"])
                 if not l1 and i > 0:
-                    mixed = (
-                        d_now + self.momentum * (z - d_now) + (1 - self.momentum) * (d_now - s["previous"])
-                    )
-                    z = self._project(mixed, s["x"], s["eps"])
+                    # δ + α (z − δ) + (1 − α)(δ − δ_prev), the momentum step
+                    mixed = torch.lerp(d_now, z, self.momentum)
+                    mixed = mixed.add_(d_now - s["previous"], alpha=1 - self.momentum)
+                    z = self._project(mixed, s["eps"], s["lo"], s["hi"])
                 s["previous"], s["delta"] = d_now, z
 
     def _check(self, s: dict[str, Tensor], length: int) -> None:
