@@ -46,13 +46,16 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import salign
-from bench_attacks import AA_NORMS, CACHE, current_commit, get_model, median, pname, run_peer
+from bench_attacks import AA_NORMS, current_commit, get_model, median, pname, run_peer
 from salign._io import write_text_atomic
 from salign.attacks import ALMA, APGD, DDN, FAB, FMN, CarliniWagner, DeepFool
 from salign.attacks import _ops as attack_ops
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks" / "attacks-cost.md"
+#: The measured rows of the page, one JSON file per kind of run (small, tracked by git; the
+#: models and per-sample caches stay in benchmarks/.cache).
+ROWS = ROOT / "benchmarks" / "results"
 
 Run = Any  # (model, x, labels) -> adversarial points (Tensor) or AttackResult
 
@@ -287,16 +290,23 @@ def measure(
     return times, counted
 
 
+def record(path: Path, rows: dict[str, Any]) -> None:
+    """Write a record of rows (:func:`cost_cache`) atomically, one key per line for git's diffs."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps(rows, indent=1, ensure_ascii=False, sort_keys=True) + "\n")
+
+
 def cost_cache(
     model: str, paired: bool, device: str, n: int, steps: int, first: int, kernels: bool = False
 ) -> Path:
-    """The cache file of one kind of run: its rows by pair label (``model``: smallnet or linear;
-    ``kernels``: the ``--kernels`` counts)."""
+    """The record of one kind of run: its rows by pair label (``model``: smallnet or linear;
+    ``kernels``: the ``--kernels`` counts), in :data:`ROWS` (tracked by git, so that a fresh
+    checkout rebuilds the whole page and a run replaces only the rows it measured)."""
     if kernels:
-        return CACHE / f"attack_kernels_n{n}_s{steps}_from{first}.json"
+        return ROWS / f"attack_kernels_n{n}_s{steps}_from{first}.json"
     tag = ("" if model == "smallnet" else f"_{model}") + ("_paired" if paired else "")
     tag += "" if device == "cpu" else f"_{device}"
-    return CACHE / f"attack_cost{tag}_n{n}_s{steps}_from{first}.json"
+    return ROWS / f"attack_cost{tag}_n{n}_s{steps}_from{first}.json"
 
 
 def device_name(device: torch.device) -> str:
@@ -483,7 +493,7 @@ def main() -> None:
                 "commit": commit,
             }
             print(cache[label]["row"], file=sys.stderr, flush=True)
-            write_text_atomic(cache_path, json.dumps(cache))
+            record(cache_path, cache)
             continue
         if args.paired:
             if "adv-lib" not in sides:
@@ -507,7 +517,7 @@ def main() -> None:
             }
             print(cache[key]["row"], file=sys.stderr, flush=True)
 
-            write_text_atomic(cache_path, json.dumps(cache))
+            record(cache_path, cache)
             continue
         times, counted = measure(sides, model, x, labels, norm, args.repeats)
         sec = {side: median(torch.tensor(t)) for side, t in times.items()}
@@ -540,7 +550,7 @@ def main() -> None:
         cache[label] = {"row": "| " + " | ".join(cells) + " |", "commit": commit}
         print(cache[label]["row"], file=sys.stderr, flush=True)
 
-        write_text_atomic(cache_path, json.dumps(cache))
+        record(cache_path, cache)
     if args.no_doc:
         print(f"rows cached in {cache_path}", file=sys.stderr)
         return
@@ -620,7 +630,7 @@ def page(args: argparse.Namespace, labels: list[str]) -> str:
         "",
     ]
     other_sections = []
-    for path in sorted(CACHE.glob(f"attack_cost_paired_n*_s*_from{args.first}.json")):
+    for path in sorted(ROWS.glob(f"attack_cost_paired_n*_s*_from{args.first}.json")):
         if path == main_paired:
             continue
         rows, commits, _ = paired_rows(path, labels)
@@ -662,7 +672,7 @@ def page(args: argparse.Namespace, labels: list[str]) -> str:
         "",
     ]
     cuda_section = []
-    for path in sorted(CACHE.glob(f"attack_cost_paired_cuda_n*_s*_from{args.first}.json")):
+    for path in sorted(ROWS.glob(f"attack_cost_paired_cuda_n*_s*_from{args.first}.json")):
         rows, commits, devices = paired_rows(path, labels)
         n = path.stem.split("_n")[1].split("_")[0]
         cuda_section += [
@@ -681,8 +691,8 @@ def page(args: argparse.Namespace, labels: list[str]) -> str:
             "# Attacks: cost at equal steps against every peer, and against the floor (issue 17)",
             "",
             f"Command: `.venv/bin/python benchmarks/bench_attack_cost.py --steps {args.steps} --n {args.n} "
-            '--repeats R [--model linear | --paired] [--only "PAIR,..."]` (each pair\'s row is cached in '
-            "benchmarks/.cache/ with when it was measured, the 1-minute load average then and the "
+            '--repeats R [--model linear | --paired] [--only "PAIR,..."]` (each pair\'s row is recorded in '
+            "benchmarks/results/ with when it was measured, the 1-minute load average then and the "
             "repeats; a run replaces the rows of its pairs).  ",
             f"MNIST test images {args.first}–{args.first + args.n - 1}, "
             f"{args.steps} steps (FAB: 100 iterations, DeepFool: 50 steps, C&W: 5 × {max(10, args.steps // 5)} "

@@ -261,8 +261,8 @@ def check_attack_cost(
     """Ours against adv-lib at equal steps on the device (``bench_attack_cost.py --paired``): the
     cost goal of issue 17 where users run the attacks. Needs adv-lib (``make peers``; on a machine
     without network, carried as wheels) and the plain SmallNet (benchmarks/.cache, or trained
-    there on MNIST in about a minute). The cached rows are copied to ``out_dir``: put the file into
-    benchmarks/.cache and run ``bench_attack_cost.py`` to add them to the cost page."""
+    there on MNIST in about a minute). The recorded rows are copied to ``out_dir``: put the file into
+    benchmarks/results and run ``bench_attack_cost.py`` to add them to the cost page."""
     import bench_attack_cost as bc
 
     try:
