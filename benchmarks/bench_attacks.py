@@ -42,6 +42,9 @@ from salign.models import build, load, save
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "benchmarks" / ".cache"
+#: The benchmark SmallNets, committed (1 MB each): trained once by :func:`train_smallnet` (seed 0),
+#: so that every checkout and session measures the same models.
+MODELS = ROOT / "benchmarks" / "models"
 DOC = ROOT / "docs" / "benchmarks" / "attacks.md"
 
 
@@ -79,11 +82,24 @@ def train_smallnet(lam: float, *, epochs: int, seed: int) -> torch.nn.Module:
 
 
 def get_model(lam: float, epochs: int) -> torch.nn.Module:
-    path = CACHE / f"smallnet_lam{lam:g}_ep{epochs}.safetensors"
-    if not path.exists():
-        CACHE.mkdir(parents=True, exist_ok=True)
-        save(train_smallnet(lam, epochs=epochs, seed=0), path, metadata={"lambda": lam, "epochs": epochs})
-    return load(path).eval()
+    """The benchmark SmallNet trained with penalty ``lam`` for ``epochs``: the committed one in
+    :data:`MODELS` (λ = 0 and 1, 1 epoch: every page's numbers come from these), else the one
+    trained earlier into the cache, else trained now (on one thread: the trained weights depend
+    on the thread count and on the CPU's vector instructions, so a retrained model is not the
+    committed one bit for bit)."""
+    name = f"smallnet_lam{lam:g}_ep{epochs}.safetensors"
+    for folder in (MODELS, CACHE):
+        if (folder / name).exists():
+            return load(folder / name).eval()
+    CACHE.mkdir(parents=True, exist_ok=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = train_smallnet(lam, epochs=epochs, seed=0)
+    finally:
+        torch.set_num_threads(threads)
+    save(model, CACHE / name, metadata={"lambda": lam, "epochs": epochs})
+    return load(CACHE / name).eval()
 
 
 def verified_distance(

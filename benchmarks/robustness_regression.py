@@ -32,12 +32,13 @@ CACHE = Path(__file__).resolve().parent / ".cache"
 
 
 def get_model(lam: float) -> torch.nn.Module:
-    """bench_attacks.py's SmallNet (1 epoch, seed 0), from its cache or trained by it. Read
-    straight from the cache when it is there, so that older code (without bench_attacks.py's
+    """bench_attacks.py's SmallNet (1 epoch, seed 0): the committed one (benchmarks/models), or
+    from its cache, or trained by it. Read straight from the file when it is there, so that older code (without bench_attacks.py's
     current imports) can run this script too."""
-    path = CACHE / f"smallnet_lam{lam:g}_ep1.safetensors"
-    if path.exists():
-        return salign.models.load(path).eval()
+    for folder in (Path(__file__).resolve().parent / "models", CACHE):  # committed first
+        path = folder / f"smallnet_lam{lam:g}_ep1.safetensors"
+        if path.exists():
+            return salign.models.load(path).eval()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_attacks import get_model as train_or_load
 
