@@ -661,7 +661,7 @@ def page(args: argparse.Namespace, labels: list[str]) -> str:
         "the next step. Counted with a `TorchDispatchMode` over one run of each side on the batch "
         "above, ours with `salign.attacks._ops.CPU_FAST_PATHS` off, so that every side makes the "
         "calls it makes on a GPU (on CPU, ours replaces the L1 and L∞ norms and the L∞ "
-        "projection by two faster kernels each: FMN L∞ and L1 then run 3 more per iteration); "
+        "projection by two faster kernels each: FMN then runs 3 more per iteration in L∞, 2 more in L1); "
         "views and other metadata operations are left out. Per nominal iteration (FMN, DDN, ALMA, C&W: "
         f"{args.steps}; FAB, APGD: 100; DeepFool: 50), so early exits lower a count. The model's "
         f"forward and backward with a cross-entropy and a clamped step (the floor loop's step) take "
@@ -699,7 +699,12 @@ def page(args: argparse.Namespace, labels: list[str]) -> str:
             "steps, APGD: 100 iterations of the cross-entropy at ε = 0.1 / 1.5 / 5 in L∞ / L2 / L1, "
             "where a sample stops once broken in ours, the floor being 100 passes on the whole batch), "
             f"repeats interleaved with the order rotating, {args.threads} thread(s); torch "
-            f"{torch.__version__}, {platform.processor() or platform.machine()} (2 shared cores).",
+            f"{torch.__version__}, {platform.processor() or platform.machine()} (2 shared cores).  ",
+            "Models: the SmallNets committed in benchmarks/models (commit 98bcba5). Rows measured "
+            "before that commit ran on an earlier training of the same recipe, lost with its cache "
+            "(a retrained net differs in its weights: DeepFool-L2's median on these 25 images is "
+            "1.7089 on that net, 1.7781 on the committed one), so their medians column is that net's; "
+            "the kernel counts of 12-07 15:06 and later are the committed nets'.",
             "",
             "Each peer cell is `seconds · ours ÷ peer`; the floor cell is `seconds · ours ÷ floor`, the "
             "floor being a bare loop of the same number of forward + backward passes of the model on "
