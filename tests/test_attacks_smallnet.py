@@ -14,12 +14,15 @@ import torch.nn.functional as F
 import salign
 from salign.attacks import FMN, ddn, robustness, tuned_attack
 
-CACHE = Path(__file__).resolve().parent.parent / "benchmarks" / ".cache" / "smallnet_lam0_ep1.safetensors"
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+#: the benchmarks' plain SmallNet: the committed one, else a cached one
+SMALLNETS = [BENCHMARKS / folder / "smallnet_lam0_ep1.safetensors" for folder in ("models", ".cache")]
 
 
 def _smallnet() -> torch.nn.Module:
-    if CACHE.exists():
-        return salign.models.load(CACHE).eval()
+    for path in SMALLNETS:
+        if path.exists():
+            return salign.models.load(path).eval()
     try:
         x, y = salign.data.load("mnist", "train")
     except salign.errors.SalignError as exc:  # MNIST not fetched on this machine
