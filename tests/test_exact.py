@@ -233,3 +233,20 @@ def test_two_hidden_layers_against_the_ensemble(p: float) -> None:
     a = salign.robustness(model, x, norm=p, quiet=True)
     ok = a.success
     assert (a.distance[ok] >= r.lower_bound[ok] * (1 - 1e-6)).all()
+
+
+def test_a_point_within_rounding_of_the_boundary_does_not_verify() -> None:
+    """Another class must score above the label by more than a few ulps: a point whose margin
+    is one ulp can flip in a forward of another batch size (seen on a tiny MLP: the MIP point
+    verified in the checker's batch and failed in the caller's)."""
+    from salign.exact import MARGIN_ULPS, _strictly_other
+
+    label = torch.tensor([[0.5, 0.25, 0.0]], dtype=torch.float64)
+    one_ulp = torch.nextafter(label[0, 0], torch.tensor(1.0, dtype=torch.float64))
+    close = label.clone()
+    close[0, 1] = one_ulp
+    assert not bool(_strictly_other(close, 0)[0].item())
+    far = label.clone()
+    far[0, 1] = 0.5 + 4 * MARGIN_ULPS * torch.finfo(torch.float64).eps
+    ok, cls = _strictly_other(far, 0)
+    assert bool(ok.item()) and int(cls.item()) == 1

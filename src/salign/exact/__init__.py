@@ -131,7 +131,8 @@ def exact_robustness(
     **Verification.** The solver's point satisfies Ψ_j ≥ Ψ_y up to its feasibility tolerance and
     typically sits on the boundary (a tie). It is clipped to [0, 1]^d, cast to ``x``'s dtype and
     re-forwarded through the model in float64 and in its own dtype; if either forward does not
-    strictly prefer another class, δ is pushed outward by 1e-9, 1e-8, …, 1e-3 relative
+    prefer another class by more than :data:`MARGIN_ULPS` ulps (a margin that no other batch
+    size's rounding flips), δ is pushed outward by 1e-9, 1e-8, …, 1e-3 relative
     (:data:`PUSHES`) and re-checked; ``distance`` is the norm of the first point that verifies.
     Points that never verify are discarded (status ``unverified`` if that leaves the gap open).
     The dual bound is the solver's, in floating point with its tolerances: a certificate up
@@ -298,11 +299,20 @@ class _Checker:
         return native[k].view(self.shape), dist, int(cls[k])
 
 
+#: How far (in ulps of the largest logit) another class must score above ``y`` for a point to
+#: verify: a forward of a batch of another size can round the logits differently (another
+#: matrix-multiply kernel), and an optimal point sits on the boundary, so a margin of a few ulps
+#: could flip in the user's own forward. The outward pushes clear it at a negligible distance.
+MARGIN_ULPS = 64
+
+
 def _strictly_other(logits: Tensor, y: int) -> tuple[Tensor, Tensor]:
+    """(another class scores above ``y`` by more than :data:`MARGIN_ULPS` ulps, that class)."""
     others = logits.clone()
     others[:, y] = -math.inf
     best, cls = others.max(1)
-    return best > logits[:, y], cls
+    scale = 1 + logits.abs().nan_to_num(0, 0, 0).amax(1)
+    return best - logits[:, y] > MARGIN_ULPS * torch.finfo(logits.dtype).eps * scale, cls
 
 
 @dataclass
