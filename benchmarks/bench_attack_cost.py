@@ -481,10 +481,11 @@ def main() -> None:
         args.model, args.paired, device.type, args.n, args.steps, args.first, args.kernels
     )
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    if args.kernels:
+        attack_ops.CPU_FAST_PATHS = False  # count the calls a GPU makes (see the page)
     for label in only:
         norm, sides = table[label]
         if args.kernels:
-            attack_ops.CPU_FAST_PATHS = False  # count the calls a GPU makes (see the page)
             counted = {s: count_kernels(run, model, x, labels) for s, run in sides.items() if s != "floor"}
             if "floor" in sides:
                 cache["floor"] = count_kernels(sides["floor"], model, x, labels)[0] / args.steps

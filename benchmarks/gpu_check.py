@@ -260,8 +260,8 @@ def check_attack_cost(
 ) -> dict[str, Any]:
     """Ours against adv-lib at equal steps on the device (``bench_attack_cost.py --paired``): the
     cost goal of issue 17 where users run the attacks. Needs adv-lib (``make peers``; on a machine
-    without network, carried as wheels) and the plain SmallNet (benchmarks/.cache, or trained
-    there on MNIST in about a minute). The recorded rows are copied to ``out_dir``: put the file into
+    without network, carried as wheels) and the plain SmallNet (committed in benchmarks/models,
+    so it travels with the working tree). The recorded rows are copied to ``out_dir``: put the file into
     benchmarks/results and run ``bench_attack_cost.py`` to add them to the cost page."""
     import bench_attack_cost as bc
 

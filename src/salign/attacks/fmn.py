@@ -43,8 +43,8 @@ class FMN(Attack):
     adversarial point for 25.5% / 13.5% of them in L2 (plain / gradient-regularised net) and
     10.5% in L1, the guarded one for none; the medians (failures counted as ∞) were 1.450
     against 1.800 (L2, plain), 1.758 against 2.046 (L2, regularised) and 6.09 against 6.94 (L1),
-    and in L∞, where both found every sample, 0.1267 against 0.1263. It costs no model call. Ours beyond the paper too: a random direction
-    where the gradient vanishes.
+    and in L∞, where both found every sample, 0.1267 against 0.1263. It costs no model call.
+    Ours beyond the paper too: a random direction where the gradient vanishes.
 
     Attributes:
         norm: the Lp norm minimised: 2 (default), 1 or ``float("inf")``.
