@@ -132,13 +132,16 @@ def test_robustness_linear_within_a_tenth_of_a_percent(dtype: torch.dtype) -> No
 @pytest.mark.parametrize("norm", [math.inf, 1.0])
 def test_lp_attacks_find_the_linear_rho(norm: float, dtype: torch.dtype) -> None:
     """Bias-free linear model, minimisers inside the box: ρ_p = min_j |f_j| / ‖w_j‖_q in closed
-    form; DeepFool and FMN in that norm within 0.5% (never below: verified), the ensemble 0.1%."""
-    from salign.attacks import FMN, DeepFool
+    form; DeepFool, FMN (and ALMA in L1) in that norm within 0.5% (never below: verified), the
+    ensemble 0.1%."""
+    from salign.attacks import ALMA, FMN, DeepFool
     from salign.attacks._ops import lp_norm
 
     model, x, w = near_tie_linear_problem(seed=1, dtype=dtype)
     rho = exact_linear_rho(w, x, norm)
-    for attack in (DeepFool(norm=norm), FMN(norm=norm, guarded_search=True)):
+    attacks = [DeepFool(norm=norm), FMN(norm=norm, guarded_search=True)]
+    attacks += [ALMA(norm=norm)] if norm == 1 else []
+    for attack in attacks:
         res = attack(model, x, **REFINED)
         assert bool(res.success.all()) and res.norm == norm, attack
         rel = res.distance.double() / rho.double() - 1
@@ -148,9 +151,9 @@ def test_lp_attacks_find_the_linear_rho(norm: float, dtype: torch.dtype) -> None
     ens = robustness(model, x, norm=norm, quiet=True)
     probes = {"apgd_ce", "apgd_dlr", "apgd_ce_2", "apgd_dlr_2", "apgd_ce_3", "apgd_dlr_3"}
     probes |= {"fmn_probed", "fmn_probed_2", "fmn_probed_3"}  # the descent after each round
-    runs = (
-        {"deepfool", "fab", "fmn", "fmn_cold", "fmn_short"} | probes | ({"fmn_paper"} if norm == 1 else set())
-    )
+    runs = {"deepfool", "fab", "fmn", "fmn_cold", "fmn_short"} | probes
+    if norm == 1:  # ALMA in L1, as FMN; the paper's FMN
+        runs |= {"alma", "alma_short", "alma_probed", "alma_probed_2", "alma_probed_3", "fmn_paper"}
     assert ens.norm == norm and set(ens.per_attack) == runs
     if norm == 1:  # the paper's FMN runs its whole schedule: 1 forward + 1 backward per step
         assert ens.per_attack["fmn_paper"].backwards == len(x) * 1000
@@ -184,6 +187,9 @@ def test_norms_are_checked_and_named() -> None:
         robustness(model, x, norm=3, quiet=True)
     with pytest.raises(InputError, match="L2 norm only"):
         ddn(model, x, norm="inf")
+    with pytest.raises(InputError, match="alma minimises the L2 or L1 norm, not norm=inf"):
+        alma(model, x, norm="inf")
+    assert alma(model, x, steps=5, norm="l1").norm == 1
     with pytest.raises(InputError, match=r"\['ddn'\] do not minimise the norm inf"):
         robustness(model, x, attacks=("deepfool", "ddn"), norm="inf", quiet=True)
     assert fmn(model, x, steps=5, norm="linf").norm == math.inf

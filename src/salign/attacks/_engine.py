@@ -111,7 +111,7 @@ class Attack:
         names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         if "norm" in kwargs and "norm" not in names and parse_norm(kwargs.pop("norm")) != 2:
             raise InputError(
-                f"{cls.name} minimises the L2 norm only; for L1 or L∞ use fmn, fab or deepfool, or "
+                f"{cls.name} minimises the L2 norm only; for L1 or L∞ use fmn, fab or deepfool (L1: alma too), or "
                 "robustness(..., norm=...)"
             )
         settings = {"start", "line_search_steps", "polish_steps", "levels", "patience", "batch_size", "warn"}

@@ -1,5 +1,5 @@
-"""Augmented Lagrangian Method for Adversarial attacks, L2 (Rony, Granger, Pedersoli & Ben Ayed,
-ICCV 2021, arXiv 2011.11857)."""
+"""Augmented Lagrangian Method for Adversarial attacks, L2 and L1 (Rony, Granger, Pedersoli &
+Ben Ayed, ICCV 2021, arXiv 2011.11857)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from salign._norms import parse_norm
 from salign.attacks._engine import Attack
-from salign.attacks._ops import adversarial, batch_view, check_positive, l2_norm, logit_margin
+from salign.attacks._ops import adversarial, batch_view, check_positive, l2_norm, logit_margin, lp_norm
 from salign.attacks._tracker import Rows, Tracker, write_rows
 from salign.attacks.result import AttackResult
+from salign.errors import InputError
 
 
 def logit_ratio(logits: Tensor, labels: Tensor, tolerance: float = 1e-4) -> Tensor:
@@ -41,14 +43,15 @@ def penalty_p2_derivative(y: Tensor, rho: Tensor, mu: Tensor) -> Tensor:
     return torch.where(y >= 0, positive, negative)
 
 
-def _initial_step_size(x: Tensor, direction: Tensor, target: float) -> Tensor:
-    """Per-sample η such that ``‖clamp(x − η·direction) − x‖ = target`` (doubling, then bisection)."""
+def _initial_step_size(x: Tensor, direction: Tensor, target: float, norm: float = 2.0) -> Tensor:
+    """Per-sample η such that ``‖clamp(x − η·direction) − x‖_p = target`` (doubling, then
+    bisection), p = ``norm``."""
     n = x.shape[0]
     lo = torch.zeros(n, device=x.device, dtype=x.dtype)
     hi = torch.ones(n, device=x.device, dtype=x.dtype)
 
     def dist(eta: Tensor) -> Tensor:
-        return l2_norm((x - batch_view(eta, x) * direction).clamp(0, 1) - x)
+        return lp_norm((x - batch_view(eta, x) * direction).clamp(0, 1) - x, norm)
 
     above = dist(hi) > target
     for _ in range(60):
@@ -86,9 +89,10 @@ class _State:
 
 @dataclass(frozen=True)
 class ALMA(Attack):
-    """Augmented Lagrangian (ALMA) L2 attack (Rony et al., ICCV 2021, Algorithm 1).
+    """Augmented Lagrangian (ALMA) attack in L2 or L1 (Rony et al., ICCV 2021, Algorithm 1).
 
-    Minimises ``‖δ‖₂ + P(c(x + δ), ρ, μ)`` where ``c`` is the difference-of-logits ratio
+    Minimises ``‖δ‖_p + P(c(x + δ), ρ, μ)`` (p = ``norm``; the paper's distances include both)
+    where ``c`` is the difference-of-logits ratio
     (adversarial when ``c < 0``) and ``P`` the penalty-Lagrangian P2; the multiplier μ follows an
     exponential moving average of ``∂P/∂c`` (eq. 11), the penalty ρ grows by ``rho_growth``
     every ``check_steps`` steps where the constraint did not improve by a factor ``tau``.
@@ -98,11 +102,13 @@ class ALMA(Attack):
     tracking, which the paper also returns.
 
     Attributes:
+        norm: the Lp norm minimised: 2 (default) or 1. In L1 the distance's gradient is sign(δ),
+            which RMSProp normalises per pixel, as in the authors' adv-lib (``distance="l1"``).
         steps: iterations (each: 1 forward + 1 backward per active sample).
         lr_init: initial learning rate η₀ (0.1), used when ``init_lr_distance`` is None.
         lr_reduction: total learning-rate decay factor (0.01).
         init_lr_distance: if given, the first step's learning rate is set per sample so that
-            the first step moves by this L2 distance (the paper's ε-based initialisation;
+            the first step moves by this distance (in ``norm``) (the paper's ε-based initialisation;
             :func:`robustness` uses 0.125, chosen on held-out MNIST images:
             docs/benchmarks/attacks.md).
         mu_init: initial Lagrange multiplier μ (1).
@@ -119,6 +125,8 @@ class ALMA(Attack):
     """
 
     name: ClassVar[str] = "alma"
+    norms: ClassVar[tuple[float, ...]] = (2.0, 1.0)
+    norm: float = 2.0
     steps: int = 1000
     lr_init: float = 0.1
     lr_reduction: float = 0.01
@@ -132,6 +140,13 @@ class ALMA(Attack):
     logit_tolerance: float = 1e-4
 
     def __post_init__(self) -> None:
+        norm = parse_norm(self.norm)
+        if norm not in self.norms:
+            raise InputError(
+                f"alma minimises the L2 or L1 norm, not norm={norm:g}; for L∞ use fmn, fab or deepfool, or "
+                "robustness(..., norm=...)"
+            )
+        object.__setattr__(self, "norm", norm)
         check_positive(self.steps, "steps", integer=True)
         check_positive(self.lr_init, "lr_init")
         check_positive(self.check_steps, "check_steps", integer=True)
@@ -171,7 +186,7 @@ class ALMA(Attack):
         if i == 0 and self.init_lr_distance is not None:
             zero = l2_norm(grad) <= 1e-12
             g0 = torch.where(batch_view(zero, grad), tracker.random_directions(idx), grad)
-            s.lr[idx] = _initial_step_size(xa + d, g0, self.init_lr_distance)
+            s.lr[idx] = _initial_step_size(xa + d, g0, self.init_lr_distance, self.norm)
         sf = s.step_found[idx]
         decay = self.lr_reduction ** ((position - sf).clamp(min=0) / (self.steps - sf).clamp(min=1))
         step = s.lr[idx] * decay
@@ -194,7 +209,7 @@ class ALMA(Attack):
             logits = model(point)
             constraint = logit_ratio(logits, lab, self.logit_tolerance)  # ≤ 0 means adversarial
             r, m = self._multipliers(s, idx, i, constraint.detach())
-            dist = l2_norm(d)
+            dist = lp_norm(d, self.norm)
             loss = penalty_p2(constraint, r, m)
             if i > 0:
                 loss = loss + dist
@@ -212,7 +227,7 @@ class ALMA(Attack):
 
 
 def alma(model: nn.Module, x: Tensor, labels: Tensor | None = None, **options: Any) -> AttackResult:
-    """Augmented Lagrangian L2 attack (Rony et al., ICCV 2021), the paper's defaults: ``ALMA(**opts)(model, x, labels, **settings)``, with
+    """Augmented Lagrangian attack in L2 or L1 (Rony et al., ICCV 2021), the paper's defaults: ``ALMA(**opts)(model, x, labels, **settings)``, with
     ``options`` split into the fields of :class:`ALMA` and the run settings of :meth:`Attack.__call__`."""
     return ALMA.attack(model, x, labels, **options)
 

@@ -41,10 +41,15 @@ from salign.errors import InputError
 #: boundary; FAB-T visits each rival's, and FMN then refines the best of them. In L2 a short FAB-T
 #: (:data:`FAB_T`) runs after ALMA, cold: the runs before it are unchanged, and it moves a sample
 #: only where it lands closer (on the penalised 7×7 MLP one sample 2.5% above the exact ρ).
+#: L1 adds ALMA with the L1 distance after FMN, warm-started like it (and like it in the restart
+#: chain and the descents after the probes): without it, on 200 MNIST test images of the plain
+#: SmallNet the ensemble's median was 1.014 × the per-sample best over every peer, adv-lib's
+#: ALMA-L1 closer on 10 of the 12 samples we left > 0.1% above it; with it, the L1 ensemble on
+#: those samples lands 0.9–8% below that best (docs/benchmarks/attacks-lp.md).
 DEFAULT_ATTACKS: dict[float, tuple[str, ...]] = {
     2.0: ("deepfool", "ddn", "fmn", "alma", "fab"),
     math.inf: ("deepfool", "fab", "fmn", "apgd"),
-    1.0: ("deepfool", "fab", "fmn", "apgd"),
+    1.0: ("deepfool", "fab", "fmn", "alma", "apgd"),
 }
 
 #: The attacks :func:`robustness` can run, by name.
@@ -448,9 +453,9 @@ def robustness(
         attacks: names among ``deepfool``, ``ddn``, ``fmn``, ``alma``, ``carlini_wagner``,
             ``fab``, ``apgd`` (default: :data:`DEFAULT_ATTACKS` of the norm; in L2: DeepFool, DDN,
             FMN, ALMA, then a short FAB-T against the 2 highest other logits; in L1 and L∞:
-            DeepFool, FAB-T against the 9 highest other logits, FMN warm-started from the best
-            point, and at the standard budget a cold FMN, and in L1 a full-length FMN with the
-            paper's options, :data:`LP_EXTRA`; then the APGD probes). ``apgd`` always runs
+            DeepFool, FAB-T against the 9 highest other logits, FMN (in L1 then ALMA)
+            warm-started from the best point, and at the standard budget a cold FMN, and in L1 a
+            full-length FMN with the paper's options, :data:`LP_EXTRA`; then the APGD probes). ``apgd`` always runs
             last, as rounds of probes just below each sample's best point, each round
             followed by a short descent of the warm-started attacks (FMN, ALMA) from the best
             points (:data:`PROBED`, :data:`PROBES`).

@@ -35,8 +35,8 @@ def register(app: typer.Typer) -> None:
             None,
             "--attacks",
             help="Comma-separated: deepfool, ddn, fmn, alma, fab, carlini_wagner (L2); deepfool, fab, fmn, "
-            "apgd (L1, inf; apgd runs last, probing just below each sample's best point). Default: all of the "
-            "norm's but carlini_wagner.",
+            "alma (L1 only), apgd (L1, inf; apgd runs last, probing just below each sample's best point). "
+            "Default: all of the norm's but carlini_wagner.",
         ),
         norm: str = typer.Option("2", "--norm", help="The norm of ρ: 2 (the paper's), inf or 1."),
         budget: str = typer.Option(
