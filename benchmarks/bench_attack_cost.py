@@ -192,7 +192,11 @@ def pairs(steps: int) -> dict[str, tuple[float, dict[str, Run]]]:
             {"ours": ours(APGD(norm=norm, eps=APGD_EPS[norm], steps=100)), "floor": floor_loop(100)},
         )
     table["DDN L2"] = (2.0, {"ours": ours(DDN(steps=steps)), "floor": floor_loop(steps)})
-    table["ALMA L2"] = (2.0, {"ours": ours(ALMA(steps=steps)), "floor": floor_loop(steps)})
+    for norm in (2.0, 1.0):
+        table[f"ALMA L{pname(norm)}"] = (
+            norm,
+            {"ours": ours(ALMA(norm=norm, steps=steps)), "floor": floor_loop(steps)},
+        )
     table["C&W L2"] = (2.0, {"ours": ours(CarliniWagner(steps=cw_steps, binary_search_steps=5))})
     try:
         from adv_lib.attacks import alma, apgd, carlini_wagner_l2, ddn, df, fab, fmn
@@ -207,7 +211,10 @@ def pairs(steps: int) -> dict[str, tuple[float, dict[str, Run]]]:
                 m, x, y, eps=APGD_EPS[n], norm=n, n_iter=100, loss_function="ce"
             )
         table["DDN L2"][1]["adv-lib"] = lambda m, x, y: ddn(m, x, y, steps=steps, levels=None)
-        table["ALMA L2"][1]["adv-lib"] = lambda m, x, y: alma(m, x, y, num_steps=steps)
+        for norm in (2.0, 1.0):
+            table[f"ALMA L{pname(norm)}"][1]["adv-lib"] = lambda m, x, y, n=norm: alma(
+                m, x, y, num_steps=steps, distance=f"l{n:g}"
+            )
         table["C&W L2"][1]["adv-lib"] = lambda m, x, y: carlini_wagner_l2(
             m, x, y, binary_search_steps=5, max_iterations=cw_steps
         )

@@ -1,4 +1,4 @@
-"""salign.attacks: exactness on linear models, verified success, costs, bad inputs, foolbox."""
+"""salign.attacks: exactness on linear models, verified success, costs, bad inputs, foolbox and adv-lib."""
 
 from __future__ import annotations
 
@@ -637,6 +637,26 @@ def test_ddn_and_fmn_match_or_beat_foolbox() -> None:
         assert bool(ours.success.all())
         assert float(ours.distance.median()) <= 1.05 * float(d_fb.median())
         assert bool((ours.distance <= d_fb * 1.05).float().mean() >= 0.9)
+
+
+@pytest.mark.parametrize("norm", [2.0, 1.0], ids=["L2", "L1"])
+def test_alma_matches_the_authors_adv_lib(norm: float) -> None:
+    """Our ALMA and its authors' (adv-lib 0.2.8, ``make peers``) run the same algorithm with the
+    same defaults: at 100 steps on a small trained MLP the L2 runs agree sample by sample; in L1
+    the trajectories part (adv-lib differentiates ‖(x + δ) − x‖₁, whose sign vanishes where δ is
+    below x's rounding; ours ‖δ‖₁), so only the medians are compared."""
+    adv_lib = pytest.importorskip("adv_lib.attacks")
+    from salign.attacks import ALMA
+
+    model, x = _tiny_trained_mlp()
+    labels = model(x).argmax(1)
+    ours = ALMA(norm=norm, steps=100)(model, x, labels)
+    theirs = adv_lib.alma(model, x, labels, num_steps=100, distance=f"l{norm:g}")
+    assert bool(ours.success.all()) and bool((model(theirs).argmax(1) != labels).all())
+    ratio = ours.distance.double() / (theirs - x).flatten(1).norm(p=norm, dim=1).double()
+    if norm == 2:
+        assert int(((ratio - 1).abs() < 1e-3).sum()) >= 10, ratio
+    assert abs(float(ratio.median()) - 1) < 0.01, ratio
 
 
 def test_thorough_budget_adds_cold_started_copies() -> None:

@@ -96,7 +96,7 @@ def test_unset_attack_names_are_robustness_default_ensemble_in_every_norm() -> N
         ),
         (
             {"evaluation.norms": [2, "inf"], "attacks.names": {2: ["ddn"], "inf": ["alma"]}},
-            r"alma does not minimise the norm inf .*\(it supports 2\)",
+            r"alma does not minimise the norm inf .*\(it supports 1, 2\)",
         ),
         (
             {"evaluation.norms": [2, "inf"], "attacks.names": {2: ["ddn"]}},

@@ -125,7 +125,7 @@ class ALMA(Attack):
     """
 
     name: ClassVar[str] = "alma"
-    norms: ClassVar[tuple[float, ...]] = (2.0, 1.0)
+    norms: ClassVar[tuple[float, ...]] = (1.0, 2.0)
     norm: float = 2.0
     steps: int = 1000
     lr_init: float = 0.1

@@ -68,8 +68,9 @@ ATTACKS: dict[str, type[Attack]] = {
 #: ball (:data:`APGD_STEPS` steps), in rounds (:data:`PROBES`): each (η, loss) of a round is one
 #: run below the best point of the runs before, with a random start of its own (seed = its
 #: index), and after each round the main chain's warm-started attacks (:data:`WARM_STARTED`:
-#: FMN) descend from the best points (a short run, steps / :data:`SHORT_CHAIN_DIVISOR`; the
-#: second and third descents only on the samples that moved since the one before). A minimal-norm
+#: FMN, in L1 also ALMA) descend from the best points (a short run, steps /
+#: :data:`SHORT_CHAIN_DIVISOR`; the second and third descents only on the samples that moved
+#: since the one before). A minimal-norm
 #: attack follows one path to the boundary; APGD asks whether *any* point of a slightly
 #: smaller ball is misclassified, and where it finds one, that point often lies in another
 #: basin of the boundary, which the descent then follows down. η = 1e-3 finds the larger
