@@ -108,7 +108,7 @@ class ALMA(Attack):
         lr_init: initial learning rate η₀ (0.1), used when ``init_lr_distance`` is None.
         lr_reduction: total learning-rate decay factor (0.01).
         init_lr_distance: if given, the first step's learning rate is set per sample so that
-            the first step moves by this distance (in ``norm``) (the paper's ε-based initialisation;
+            the first step moves by this distance in ``norm`` (the paper's ε-based initialisation;
             :func:`robustness` uses 0.125, chosen on held-out MNIST images:
             docs/benchmarks/attacks.md).
         mu_init: initial Lagrange multiplier μ (1).
