@@ -136,7 +136,7 @@ def exact_robustness(
     typically sits on the boundary (a tie). It is clipped to [0, 1]^d, cast to ``x``'s dtype and
     re-forwarded through the model in float64 and in its own dtype; if either forward does not
     prefer another class by more than :data:`MARGIN_ULPS` ulps (a margin that no other batch
-    size's rounding flips), δ is pushed outward by 1e-9, 1e-8, …, 1e-3 relative
+    size's rounding flips), δ is pushed outward by 1e-9 to 1e-3 relative in steps of 10^(1/16)
     (:data:`PUSHES`) and re-checked; ``distance`` is the norm of the first point that verifies.
     Points that never verify are discarded (status ``unverified`` if that leaves the gap open).
     The dual bound is the solver's, in floating point with its tolerances: a certificate up
