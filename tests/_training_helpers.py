@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import os
 import sys
 import time
@@ -13,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from salign.models.registry import MODELS
+from salign.training.distributed import leave_process_group
 
 
 def tiny_data(n_train: int = 96, n_val: int = 32, *, seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -113,11 +115,12 @@ def gloo_rank(rank: int, world: int, port: int) -> Iterator[None]:
         {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "WORLD_SIZE": str(world),
          "LOCAL_RANK": str(rank)}
     )  # fmt: skip
+    faulthandler.enable()  # a rank that aborts in C++ still prints where its Python was
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         yield
     finally:
-        dist.destroy_process_group()
+        leave_process_group()
 
 
 def ddp_worker(rank: int, world: int, port: int, cfg: dict, run_dirs: list[str]) -> None:

@@ -8,6 +8,8 @@ everything here is a no-op for a single process.
 
 from __future__ import annotations
 
+import datetime
+import gc
 import os
 from dataclasses import dataclass
 
@@ -103,5 +105,27 @@ def gather_rng_states(info: DistInfo) -> list[torch.Tensor]:
 
 
 def teardown(info: DistInfo) -> None:
+    """Leave the process group if :func:`setup` joined it (see :func:`leave_process_group`)."""
     if info.initialized_here and dist.is_initialized():
-        dist.destroy_process_group()
+        leave_process_group()
+
+
+def leave_process_group(timeout: datetime.timedelta = datetime.timedelta(minutes=5)) -> None:
+    """Destroy the default process group once every rank has reached this call.
+
+    The ranks meet on the rendezvous store, not in a collective: a gloo barrier followed at once
+    by destruction can close a socket while a peer still reads the barrier's last message
+    (pytorch/gloo#155), and a rank then aborts in gloo's I/O thread. Objects that still hold the
+    group (a finished ``DistributedDataParallel``) are collected first, so that none outlives it
+    into interpreter shutdown. A rank that does not arrive within ``timeout`` (it failed) does
+    not keep the others: they destroy the group anyway.
+    """
+    gc.collect()
+    rank, world = dist.get_rank(), dist.get_world_size()
+    try:
+        store = dist.distributed_c10d._get_default_store()  # the group's own (prefixed) store
+        store.set(f"salign/leave/{rank}", "1")
+        store.wait([f"salign/leave/{r}" for r in range(world)], timeout)
+    except (RuntimeError, ValueError, AttributeError):  # DistStoreError is a RuntimeError
+        pass  # a rank failed or the store is gone: leave without waiting
+    dist.destroy_process_group()
