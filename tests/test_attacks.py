@@ -187,7 +187,10 @@ def test_norms_are_checked_and_named() -> None:
         robustness(model, x, norm=3, quiet=True)
     with pytest.raises(InputError, match="L2 norm only"):
         ddn(model, x, norm="inf")
-    with pytest.raises(InputError, match="alma minimises the L2 or L1 norm, not norm=inf"):
+    with pytest.raises(
+        InputError,
+        match=r"alma minimises the L1 or L2 norm only, not norm=inf; for L∞ use deepfool, fmn, fab, apgd,",
+    ):
         alma(model, x, norm="inf")
     assert alma(model, x, steps=5, norm="l1").norm == 1
     with pytest.raises(InputError, match=r"\['ddn'\] do not minimise the norm inf"):

@@ -11,6 +11,7 @@ parameters, and calls :func:`attack_chunk` chunk by chunk.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 import warnings
 from dataclasses import dataclass
@@ -75,6 +76,23 @@ class Refinement:
             raise InputError(f"levels must be an integer >= 2 (e.g. 256) or None, got {levels!r}")
 
 
+def checked_norm(name: str, norms: tuple[float, ...], norm: object) -> float:
+    """``norm`` as 1.0, 2.0 or inf; an InputError if the attack ``name``, which minimises the
+    ``norms``, does not minimise it (the message lists the registered attacks that do)."""
+    p = parse_norm(norm)
+    if p not in norms:
+        from salign.attacks.ensemble import ATTACKS  # the registry imports every attack
+
+        label = "L∞" if math.isinf(p) else f"L{p:g}"
+        supported = " or ".join("L∞" if math.isinf(q) else f"L{q:g}" for q in norms)
+        able = ", ".join(n for n, cls in ATTACKS.items() if p in cls.norms)
+        raise InputError(
+            f"{name} minimises the {supported} norm only, not norm={p:g}; for {label} use {able}, "
+            "or robustness(..., norm=...)"
+        )
+    return p
+
+
 class Attack:
     """Base class of the attacks' option dataclasses.
 
@@ -88,6 +106,11 @@ class Attack:
     accepts_start: ClassVar[bool] = True
     #: the Lp norms the attack minimises (its ``norm`` option, if it has one)
     norms: ClassVar[tuple[float, ...]] = (2.0,)
+
+    def _parse_norm(self) -> None:
+        """Set the ``norm`` option to its float (1, 2 or inf), checked against :attr:`norms`;
+        for subclasses' ``__post_init__``."""
+        object.__setattr__(self, "norm", checked_norm(self.name, self.norms, getattr(self, "norm", 2.0)))
 
     @property
     def distance_norm(self) -> float:
@@ -109,11 +132,8 @@ class Attack:
         """``cls(**options)(model, x, labels, **settings)``, splitting ``kwargs`` into the
         attack's options (its fields) and the run settings of :meth:`__call__`."""
         names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        if "norm" in kwargs and "norm" not in names and parse_norm(kwargs.pop("norm")) != 2:
-            raise InputError(
-                f"{cls.name} minimises the L2 norm only; for L1 or L∞ use fmn, fab or deepfool (L1: alma too), or "
-                "robustness(..., norm=...)"
-            )
+        if "norm" in kwargs and "norm" not in names:
+            checked_norm(cls.name, cls.norms, kwargs.pop("norm"))
         settings = {"start", "line_search_steps", "polish_steps", "levels", "patience", "batch_size", "warn"}
         unknown = sorted(set(kwargs) - names - settings)
         if unknown:

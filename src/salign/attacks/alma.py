@@ -9,12 +9,10 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from salign._norms import parse_norm
 from salign.attacks._engine import Attack
 from salign.attacks._ops import adversarial, batch_view, check_positive, l2_norm, logit_margin, lp_norm
 from salign.attacks._tracker import Rows, Tracker, write_rows
 from salign.attacks.result import AttackResult
-from salign.errors import InputError
 
 
 def logit_ratio(logits: Tensor, labels: Tensor, tolerance: float = 1e-4) -> Tensor:
@@ -140,13 +138,7 @@ class ALMA(Attack):
     logit_tolerance: float = 1e-4
 
     def __post_init__(self) -> None:
-        norm = parse_norm(self.norm)
-        if norm not in self.norms:
-            raise InputError(
-                f"alma minimises the L2 or L1 norm, not norm={norm:g}; for L∞ use fmn, fab or deepfool, or "
-                "robustness(..., norm=...)"
-            )
-        object.__setattr__(self, "norm", norm)
+        self._parse_norm()
         check_positive(self.steps, "steps", integer=True)
         check_positive(self.lr_init, "lr_init")
         check_positive(self.check_steps, "check_steps", integer=True)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from salign._norms import NORMS, parse_norm
+from salign._norms import NORMS
 from salign.attacks._engine import Attack
 from salign.attacks._ops import (
     adversarial,
@@ -108,7 +108,7 @@ class APGD(Attack):
     seed: int = 0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "norm", parse_norm(self.norm))
+        self._parse_norm()
         if (self.eps is None) == (self.relative_eps is None):
             raise InputError(
                 "APGD needs exactly one of eps (a radius) and relative_eps (a fraction of the start's distance)"

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from salign._norms import NORMS, dual_exponent, parse_norm
+from salign._norms import NORMS, dual_exponent
 from salign.attacks._engine import Attack
 from salign.attacks._model import label_and_rivals, margin_gradients
 from salign.attacks._ops import (
@@ -98,7 +98,7 @@ class DeepFool(Attack):
     clamp_each_step: bool = True
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "norm", parse_norm(self.norm))
+        self._parse_norm()
         check_positive(self.steps, "steps", integer=True)
         check_positive(self.overshoot, "overshoot", allow_zero=True)
         check_positive(self.candidates, "candidates", integer=True)

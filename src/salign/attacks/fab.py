@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from salign._norms import NORMS, dual_exponent, parse_norm
+from salign._norms import NORMS, dual_exponent
 from salign.attacks._engine import Attack
 from salign.attacks._model import label_and_rivals, margin_gradients
 from salign.attacks._ops import adversarial, batch_view, box_hyperplane_step, check_positive, lp_norm
@@ -80,7 +80,7 @@ class FAB(Attack):
     seed: int = 0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "norm", parse_norm(self.norm))
+        self._parse_norm()
         check_positive(self.steps, "steps", integer=True)
         check_positive(self.restarts, "restarts", integer=True)
         check_positive(self.eta, "eta")

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from salign._norms import NORMS, dual_exponent, parse_norm
+from salign._norms import NORMS, dual_exponent
 from salign.attacks._engine import Attack
 from salign.attacks._ops import (
     adversarial_by_margin,
@@ -75,7 +75,7 @@ class FMN(Attack):
     start_search_steps: int = 10
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "norm", parse_norm(self.norm))
+        self._parse_norm()
         check_positive(self.steps, "steps", integer=True)
         check_positive(self.alpha_init, "alpha_init")
         check_positive(self.gamma_init, "gamma_init")
