@@ -140,6 +140,22 @@ def ddp_config_worker(rank: int, world: int, port: int, cfg: dict, run_dir: str)
         train(cfg, run_dir=run_dir)
 
 
+def leave_alone_worker(rank: int, world: int, port: int, out: str) -> None:
+    """Rank 1 leaves as a failing rank does (no wait); rank 0 waits for it on the store, gives
+    up after 1 s and records that it left."""
+    import datetime
+
+    import torch.distributed as dist
+
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    if rank == 1:
+        leave_process_group(wait=False)
+        return
+    leave_process_group(timeout=datetime.timedelta(seconds=1))
+    Path(out).write_text(str(dist.is_initialized()))
+
+
 if __name__ == "__main__":  # used by the kill-and-resume test: python _training_helpers.py RUN_DIR
     from salign.training import train
 

@@ -9,7 +9,15 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from _training_helpers import ddp_config_worker, ddp_worker, num_threads, photo_tree, tiny_config, tiny_data
+from _training_helpers import (
+    ddp_config_worker,
+    ddp_worker,
+    leave_alone_worker,
+    num_threads,
+    photo_tree,
+    tiny_config,
+    tiny_data,
+)
 from salign import models
 from salign.training import train
 
@@ -56,6 +64,17 @@ def test_two_gloo_ranks_match_one_process(tmp_path: Path) -> None:
             for a, b in zip(ddp_rows, one_rows, strict=True):
                 va, vb = [float(v) for v in a.split(",")[:-2]], [float(v) for v in b.split(",")[:-2]]
                 assert va == pytest.approx(vb, rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
+def test_a_rank_that_leaves_on_an_error_does_not_keep_the_others(tmp_path: Path) -> None:
+    """Ranks leave the group together on the store (not right after a gloo barrier, which can
+    cut a peer's last message); a failed rank leaves at once and the waiting one gives up."""
+    out = tmp_path / "rank0.txt"
+    mp.start_processes(
+        leave_alone_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True, start_method="spawn"
+    )
+    assert out.read_text() == "False"  # rank 0 destroyed its group after the timeout
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")

@@ -588,6 +588,8 @@ def run(
             )
             timings.add("report", time.perf_counter() - t0)
         barrier(shard)
-        return report
-    finally:
-        dist_util.teardown(info)
+    except BaseException:
+        dist_util.teardown(info, failed=True)
+        raise
+    dist_util.teardown(info)
+    return report

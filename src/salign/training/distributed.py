@@ -104,13 +104,16 @@ def gather_rng_states(info: DistInfo) -> list[torch.Tensor]:
     return [o.cpu() for o in out]
 
 
-def teardown(info: DistInfo) -> None:
-    """Leave the process group if :func:`setup` joined it (see :func:`leave_process_group`)."""
+def teardown(info: DistInfo, *, failed: bool = False) -> None:
+    """Leave the process group if :func:`setup` joined it (see :func:`leave_process_group`);
+    ``failed``: this rank is leaving on an exception, so it does not wait for the others."""
     if info.initialized_here and dist.is_initialized():
-        leave_process_group()
+        leave_process_group(wait=not failed)
 
 
-def leave_process_group(timeout: datetime.timedelta = datetime.timedelta(minutes=5)) -> None:
+def leave_process_group(
+    *, wait: bool = True, timeout: datetime.timedelta = datetime.timedelta(minutes=5)
+) -> None:
     """Destroy the default process group once every rank has reached this call.
 
     The ranks meet on the rendezvous store, not in a collective: a gloo barrier followed at once
@@ -118,10 +121,14 @@ def leave_process_group(timeout: datetime.timedelta = datetime.timedelta(minutes
     (pytorch/gloo#155), and a rank then aborts in gloo's I/O thread. Objects that still hold the
     group (a finished ``DistributedDataParallel``) are collected first, so that none outlives it
     into interpreter shutdown. A rank that does not arrive within ``timeout`` (it failed) does
-    not keep the others: they destroy the group anyway.
+    not keep the others: they destroy the group anyway. ``wait=False`` (a rank leaving on an
+    error) destroys at once, so that torchrun sees the failure and restarts without delay.
     """
     gc.collect()
     rank, world = dist.get_rank(), dist.get_world_size()
+    if not wait:
+        dist.destroy_process_group()
+        return
     try:
         store = dist.distributed_c10d._get_default_store()  # the group's own (prefixed) store
         store.set(f"salign/leave/{rank}", "1")

@@ -290,9 +290,12 @@ def train(
     if cfg.num_threads is not None:
         torch.set_num_threads(cfg.num_threads)
     try:
-        return _train(cfg, out, resume=resume, data=data, quiet=quiet, device=device, info=info)
-    finally:
-        dist_util.teardown(info)
+        final = _train(cfg, out, resume=resume, data=data, quiet=quiet, device=device, info=info)
+    except BaseException:
+        dist_util.teardown(info, failed=True)
+        raise
+    dist_util.teardown(info)
+    return final
 
 
 def _train(
