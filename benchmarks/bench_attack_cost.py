@@ -16,6 +16,7 @@ Usage::
     .venv/bin/python benchmarks/bench_attack_cost.py                 # every pair, 300 steps
     .venv/bin/python benchmarks/bench_attack_cost.py --only "DDN L2,FMN L∞" --repeats 7
     .venv/bin/python benchmarks/bench_attack_cost.py --paired --repeats 21  # ours vs adv-lib, CI
+    .venv/bin/python benchmarks/bench_attack_cost.py --paired --contract --only "DeepFool L2"  # + 3 forwards
     .venv/bin/python benchmarks/bench_attack_cost.py --kernels   # kernels and host reads per iteration
     python benchmarks/bench_attack_cost.py --paired --device cuda --n 500 --no-doc   # on a GPU
 
@@ -110,6 +111,25 @@ def median_interval(values: list[float], level: float = 0.95) -> tuple[float, fl
 MALLOC_TUNED = " · glibc trim off"
 #: Label suffix of the paired rows measured with each timed run in a process of its own.
 ISOLATED = " · a process per run"
+#: Label suffix of the paired rows whose adv-lib side also runs the forwards our contract adds.
+CONTRACT = " · adv-lib + 3 forwards"
+#: The forwards of the whole batch that our public call adds to the iterations: the clean
+#: forward (labels, already misclassified samples) and the two verification forwards.
+CONTRACT_FORWARDS = 3
+
+
+def with_contract_forwards(run: Run) -> Run:
+    """``run`` followed by :data:`CONTRACT_FORWARDS` forwards of the batch without gradients:
+    a peer that paid for what our contract adds (its floor for us, when the iterations match)."""
+
+    def wrapped(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor) -> Any:
+        out = run(model, x, labels)
+        with torch.no_grad():
+            for _ in range(CONTRACT_FORWARDS):
+                model(x)
+        return out
+
+    return wrapped
 
 
 def measure_isolated(label: str, args: argparse.Namespace, repeats: int) -> dict[str, list[float]]:
@@ -130,6 +150,7 @@ def measure_isolated(label: str, args: argparse.Namespace, repeats: int) -> dict
         str(args.steps),
     ]
     base += ["--threads", str(args.threads), "--model", args.model, "--device", args.device, "--only", label]
+    base += ["--contract"] if args.contract else []
     for rep in range(repeats):
         for side in names[rep % 2 :] + names[: rep % 2]:
             out = subprocess.run([*base, "--one-side", side], capture_output=True, text=True, check=True)
@@ -456,6 +477,12 @@ def main() -> None:
         action="store_true",
         help="with --paired: each timed run in a process of its own (no shared heap between the sides)",
     )
+    parser.add_argument(
+        "--contract",
+        action="store_true",
+        help=f"with --paired: adv-lib's side also runs the {CONTRACT_FORWARDS} forwards of the batch that "
+        "our contract adds (clean forward, two verification forwards)",
+    )
     parser.add_argument("--one-side", default=None, help=argparse.SUPPRESS)  # a child of --isolated
     parser.add_argument(
         "--kernels",
@@ -481,7 +508,13 @@ def main() -> None:
     peers = ("adv-lib", "foolbox", "pyautoattack")
 
     if args.one_side is not None:
-        one_side(table[only[0]][1][args.one_side], model, x, labels)
+        side = table[only[0]][1][args.one_side]
+        one_side(
+            with_contract_forwards(side) if args.contract and args.one_side == "adv-lib" else side,
+            model,
+            x,
+            labels,
+        )
         return
     commit = current_commit()  # the code this process imported, whatever is committed while it runs
     cache_path = cost_cache(
@@ -507,6 +540,8 @@ def main() -> None:
             if "adv-lib" not in sides:
                 continue
             sides = {"ours": sides["ours"], "adv-lib": sides["adv-lib"]}
+            if args.contract:
+                sides["adv-lib"] = with_contract_forwards(sides["adv-lib"])
             FAULTS.clear()
             if args.isolated:
                 times = measure_isolated(label, args, args.repeats)
@@ -514,6 +549,7 @@ def main() -> None:
                 times, _ = measure(sides, model, x, labels, norm, args.repeats)
             key = label + (MALLOC_TUNED if os.environ.get("MALLOC_TRIM_THRESHOLD_") else "")
             key += ISOLATED if args.isolated else ""
+            key += CONTRACT if args.contract else ""
             steps = 50 if label.startswith("DeepFool") else args.steps
             cache[key] = {
                 "row": paired_row(key, times, args.repeats, steps),
@@ -602,7 +638,12 @@ def paired_rows(path: Path, labels: list[str]) -> tuple[list[str], list[str], li
     """The cached ``--paired`` rows of ``labels`` in a file (each followed by its row measured
     with glibc's trimming off, if any), the commits and the devices they were measured at."""
     cache = json.loads(path.read_text()) if path.exists() else {}
-    keys = [k for label in labels for k in (label, label + MALLOC_TUNED, label + ISOLATED) if k in cache]
+    keys = [
+        k
+        for label in labels
+        for k in (label, label + MALLOC_TUNED, label + ISOLATED, label + CONTRACT)
+        if k in cache
+    ]
     commits = sorted({cache[k]["commit"] for k in keys})
     devices = sorted({cache[k].get("device", "?") for k in keys})
     return [cache[k]["row"] for k in keys], commits, devices
@@ -631,7 +672,10 @@ def page(args: argparse.Namespace, labels: list[str]) -> str:
         f"the shared process). The rows marked `{ISOLATED.strip(' ·')}` (`--isolated`) run each "
         "timed run in a fresh process that loads the model and batch, runs the side once to warm "
         "up and then times one run: each side with only its own heap history, as a user running "
-        "one attack has it.",
+        "one attack has it. The rows marked `adv-lib + 3 forwards` (`--contract`) add to adv-lib's "
+        "side the 3 forwards of the batch that our public call makes beyond the iterations (the "
+        "clean forward and the two verification forwards): where the iterations make the same "
+        "model calls, that is our floor, and the ratio is the cost of our own logic.",
         "",
         *PAIRED_HEADER,
         *paired,
