@@ -859,7 +859,8 @@ def main() -> None:
         f"MNIST test images {args.first}–{args.first + args.n - 1}.  ",
         f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; torch {torch.__version__}, "
         f"{args.threads} thread(s), {platform.processor() or platform.machine()} (shared, loaded CPU: "
-        "timings are noisy).",
+        "timings are noisy).  ",
+        "Models: the SmallNets committed in benchmarks/models (commit 98bcba5).",
         "",
         "Distances are verified by re-forwarding the clipped point for every attack; labels = predicted "
         "class (the paper's ρ). `fwd/bwd per sample` are counted by one wrapper around the model "
@@ -905,11 +906,25 @@ def main() -> None:
         )
     text = "\n".join([*head, "", *lines])
     print(text)
+    text += handwritten_sections(args.out)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     from salign._io import write_text_atomic
 
     write_text_atomic(args.out, text + "\n")
     print(json.dumps(summary, indent=1), file=sys.stderr)
+
+
+def handwritten_sections(page: Path) -> str:
+    """The sections of ``page`` written by hand (from the first ``## `` heading that says
+    "written by hand" to the end), kept when the generated part is rewritten; "" if none."""
+    if not page.exists():
+        return ""
+    text = page.read_text()
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("## ") and "written by hand" in line:
+            return "\n\n" + "\n".join(lines[i:]).rstrip("\n")
+    return ""
 
 
 if __name__ == "__main__":
