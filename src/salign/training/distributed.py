@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import gc
+import itertools
 import os
 from dataclasses import dataclass
 
@@ -104,6 +105,13 @@ def gather_rng_states(info: DistInfo) -> list[torch.Tensor]:
     return [o.cpu() for o in out]
 
 
+#: How many process groups this process has left: the same on every rank, since the ranks run
+#: one program. It keeps the keys of :func:`leave_process_group` apart when one store serves
+#: several groups in turn (torchrun's agent store serves `salign run`'s training, then its
+#: evaluation), where a key of the first group would otherwise let the second pass at once.
+_groups_left = itertools.count()
+
+
 def teardown(info: DistInfo, *, failed: bool = False) -> None:
     """Leave the process group if :func:`setup` joined it (see :func:`leave_process_group`);
     ``failed``: this rank is leaving on an exception, so it does not wait for the others."""
@@ -120,19 +128,27 @@ def leave_process_group(
     by destruction can close a socket while a peer still reads the barrier's last message
     (pytorch/gloo#155), and a rank then aborts in gloo's I/O thread. Objects that still hold the
     group (a finished ``DistributedDataParallel``) are collected first, so that none outlives it
-    into interpreter shutdown. A rank that does not arrive within ``timeout`` (it failed) does
+    into interpreter shutdown. Rank 0 leaves last, as it may host the store. Each group's keys
+    are its own (see ``_groups_left``). A rank that does not arrive within ``timeout`` (it failed) does
     not keep the others: they destroy the group anyway. ``wait=False`` (a rank leaving on an
     error) destroys at once, so that torchrun sees the failure and restarts without delay.
     """
     gc.collect()
-    rank, world = dist.get_rank(), dist.get_world_size()
+    rank, world, group = dist.get_rank(), dist.get_world_size(), next(_groups_left)
     if not wait:
         dist.destroy_process_group()
         return
+    key = f"salign/leave/{group}"
     try:
-        store = dist.distributed_c10d._get_default_store()  # the group's own (prefixed) store
-        store.set(f"salign/leave/{rank}", "1")
-        store.wait([f"salign/leave/{r}" for r in range(world)], timeout)
+        store = dist.distributed_c10d._get_default_store()  # the group's (prefixed) store
+        store.set(f"{key}/here/{rank}", "1")
+        store.wait([f"{key}/here/{r}" for r in range(world)], timeout)
+        # rank 0 may host the store (env:// without torchrun's agent): it leaves last, once no
+        # other rank will call the store again (a client of a closed store retries until timeout)
+        if rank == 0:
+            store.wait([f"{key}/done/{r}" for r in range(1, world)], timeout)
+        else:
+            store.set(f"{key}/done/{rank}", "1")
     except (RuntimeError, ValueError, AttributeError):  # DistStoreError is a RuntimeError
         pass  # a rank failed or the store is gone: leave without waiting
     dist.destroy_process_group()
