@@ -22,6 +22,11 @@ def parse_norm(norm: object, name: str = "norm") -> float:
     raise InputError(f"{name} must be 1, 2 or inf (float('inf') or 'inf'), got {norm!r}")
 
 
+def norm_label(p: float) -> str:
+    """``L2``, ``L∞`` or ``L1``: the norm in messages, figure labels and the reading."""
+    return "L∞" if math.isinf(p) else f"L{p:g}"
+
+
 def dual_exponent(p: float) -> float:
     """q with 1/p + 1/q = 1 (∞ for p = 1, 1 for p = ∞)."""
     if p == 1:

@@ -11,7 +11,6 @@ parameters, and calls :func:`attack_chunk` chunk by chunk.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 import warnings
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
-from salign._norms import parse_norm
+from salign._norms import norm_label, parse_norm
 from salign._validation import eval_mode
 from salign.attacks._model import Chunk, CountingModel, chunks, clean_forward, frozen_parameters, prepare
 from salign.attacks._ops import check_positive
@@ -83,11 +82,10 @@ def checked_norm(name: str, norms: tuple[float, ...], norm: object) -> float:
     if p not in norms:
         from salign.attacks.ensemble import ATTACKS  # the registry imports every attack
 
-        label = "L∞" if math.isinf(p) else f"L{p:g}"
-        supported = " or ".join("L∞" if math.isinf(q) else f"L{q:g}" for q in norms)
+        supported = " or ".join(norm_label(q) for q in norms)
         able = ", ".join(n for n, cls in ATTACKS.items() if p in cls.norms)
         raise InputError(
-            f"{name} minimises the {supported} norm only, not norm={p:g}; for {label} use {able}, "
+            f"{name} minimises the {supported} norm only, not norm={p:g}; for {norm_label(p)} use {able}, "
             "or robustness(..., norm=...)"
         )
     return p

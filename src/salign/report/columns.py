@@ -66,11 +66,6 @@ def norm_suffix(p: float) -> str:
     return NORM_SUFFIXES[float(p)]
 
 
-def norm_label(p: float) -> str:
-    """``L2``, ``L∞`` or ``L1``: the norm in figure labels and the reading."""
-    return "L∞" if math.isinf(p) else f"L{p:g}"
-
-
 def norm_column(name: str, p: float) -> str:
     """The column ``name`` of the norm ``p`` (``name`` itself for L2 and for the shared columns)."""
     return name if name in SHARED_COLUMNS else name + norm_suffix(p)

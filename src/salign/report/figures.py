@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from salign._io import atomic_path
+from salign._norms import norm_label
 from salign.report import columns as C
 from salign.report._deps import require_pandas, require_pyplot
 from salign.report.rundata import ModelResult, RunData
@@ -49,7 +50,7 @@ def model_colors(models: list[ModelResult]) -> dict[str, Any]:
 
 def _norm_title(run: RunData) -> str:
     """`` — L∞`` etc. for a figure of a norm p ≠ 2 (nothing for the paper's L2)."""
-    return "" if run.norm == 2 else f" — {C.norm_label(run.norm)}"
+    return "" if run.norm == 2 else f" — {norm_label(run.norm)}"
 
 
 def _dual_tex(run: RunData) -> str:
@@ -272,7 +273,7 @@ def figure_alpha_vs_rho(run: RunData, summary: Any = None) -> Any:
         _identity(
             ax, lo, hi, label="α = ρ (exact for linear models, T1" + ("" if run.norm == 2 else "_p") + ")"
         )
-        ax.set_xlabel(f"robustness ρ = {C.norm_label(run.norm)} distance to the nearest adversarial example")
+        ax.set_xlabel(f"robustness ρ = {norm_label(run.norm)} distance to the nearest adversarial example")
         ax.set_ylabel(ylabel)
         pooled = _corr_text(summary, "pooled", prefix) if len(run.models) > 1 else ""
         title = "α vs ρ" if col == C.ALPHA else "α_bin vs ρ"
@@ -309,7 +310,7 @@ def figure_medians(run: RunData, summary: Any = None) -> Any:
         err = np.array([[s.median - s.q25 for s in stats], [s.q75 - s.median for s in stats]])
         ax1.errorbar(lams, med, yerr=err, label=label, color=color, marker=marker, capsize=4, lw=1.5)
     _symlog_lambda(ax1, lams)
-    ax1.set_ylabel(f"{C.norm_label(run.norm)} distance (input units)")
+    ax1.set_ylabel(f"{norm_label(run.norm)} distance (input units)")
     ax1.set_title("medians with interquartile bars vs λ", fontsize=10)
     ax1.legend(fontsize=8)
     ax1.grid(alpha=0.25)
@@ -859,7 +860,7 @@ def figure_matched_robustness(run: RunData, summary: Any = None) -> Any:
                 xytext=(6, 4),
                 fontsize=8,
             )
-        ax.set_xlabel(f"median ρ ({C.norm_label(run.norm)} distance to the nearest adversarial example)")
+        ax.set_xlabel(f"median ρ ({norm_label(run.norm)} distance to the nearest adversarial example)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.25)
         ax.legend(fontsize=8)

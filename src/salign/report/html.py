@@ -191,7 +191,8 @@ def as_summaries(summary: Any) -> dict[float, Any]:
 
 def figure_caption(name: str) -> str:
     """The caption of figure ``name`` (``<stem><norm suffix>``: the stem's caption and the norm)."""
-    from salign.report.columns import NORM_SUFFIXES, norm_label
+    from salign._norms import norm_label
+    from salign.report.columns import NORM_SUFFIXES
 
     for p, sfx in NORM_SUFFIXES.items():
         if sfx and name.endswith(sfx) and name[: -len(sfx)] in FIGURE_CAPTIONS:
@@ -340,7 +341,7 @@ def render_html(
     (:func:`attributions_html`), placed before it; empty for a run without attribution columns
     and adversarial arms.
     """
-    from salign.report.columns import norm_label
+    from salign._norms import norm_label
 
     summaries = as_summaries(summary)
     several = len(summaries) > 1

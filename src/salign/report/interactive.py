@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from salign._norms import norm_label
 from salign.report import columns as C
 from salign.report._deps import require_plotly
 from salign.report.rundata import ModelResult, RunData
@@ -302,7 +303,7 @@ def interactive_html(run: RunData, *, image_mb: float = IMAGE_MB) -> str:
         f"<figcaption>{captions[name]}</figcaption></figure>"
         for name in VIEW_NAMES
     )
-    norm = "" if run.norm == 2 else f" ({C.norm_label(run.norm)})"
+    norm = "" if run.norm == 2 else f" ({norm_label(run.norm)})"
     return "\n".join(
         [
             f"<p class='sub'>Every evaluated sample is a point{norm}; hover or click one to see it below "

@@ -30,7 +30,7 @@ def summary_markdown(
     ``summary`` = ``{norm: T1}``) as Markdown; with ``attributions`` (an
     :class:`~salign.report.attributions.AttributionSummary`), the tables of the "Attributions and
     robustifiers" section after T1."""
-    from salign.report.columns import norm_label
+    from salign._norms import norm_label
 
     summaries = as_summaries(summary)
     lines = [f"## {run.name}", ""]

@@ -7,8 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from salign._norms import dual_exponent
-from salign.report.columns import norm_label
+from salign._norms import dual_exponent, norm_label
 from salign.report.html import sig3 as _g3
 from salign.report.tables import POOLED
 
