@@ -1,0 +1,72 @@
+"""Held-out check (MNIST test images 1000–1099) of where the L2 ensemble starts ALMA: warm-started
+from the best point so far (the default), from x, or both runs.
+
+Prints, per variant, the median ÷ the median of the per-sample best over the three variants,
+the shares within 1% and 0.1% of that best, the worst sample, and the forwards per sample.
+Per-sample distances are kept in benchmarks/.cache/alma_start_NAME.json; the findings are in
+docs/benchmarks/attacks.md.
+
+    .venv/bin/python benchmarks/alma_start_check.py plain     # and gradreg, in parallel
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import salign
+from bench_attacks import CACHE, get_model
+from salign.attacks import DEFAULT_ATTACKS, robustness
+from salign.attacks.ensemble import BUDGETS, PlannedRun, default_plan
+
+
+def variants() -> dict[str, list[PlannedRun]]:
+    """The standard L2 plan as it is, with ALMA from x instead, and with both ALMA runs."""
+    today = default_plan(DEFAULT_ATTACKS[2.0], "standard", BUDGETS["standard"][0], "auto", 2.0)
+    i = [r.label for r in today].index("alma")
+    cold = dataclasses.replace(today[i], label="alma_cold", start="x", polish="own")
+    return {
+        "warm (default)": today,
+        "from x": [*today[:i], dataclasses.replace(cold, label="alma"), *today[i + 1 :]],
+        "both": [*today[: i + 1], cold, *today[i + 1 :]],
+    }
+
+
+def main() -> None:
+    name = sys.argv[1] if len(sys.argv) > 1 else "plain"
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")
+    model = get_model(0.0 if name == "plain" else 1.0, 1)
+    x = salign.data.load("mnist", "test")[0][1000:1100]
+    out: dict[str, dict[str, object]] = {}
+    path = CACHE / f"alma_start_{name}.json"
+    for tag, plan in variants().items():
+        start = time.perf_counter()
+        result = robustness(model, x, plan=plan, quiet=True, batch_size=50)
+        out[tag] = {
+            "distance": result.distance.tolist(),
+            "forwards": result.forwards / len(x),
+            "seconds": time.perf_counter() - start,
+        }
+        path.write_text(json.dumps(out))
+    distances = {tag: torch.tensor(v["distance"]) for tag, v in out.items()}
+    best = torch.stack(list(distances.values())).min(0).values
+    for tag, d in distances.items():
+        ratio = d / best
+        print(
+            f"{name} {tag}: median ÷ best {float(d.median() / best.median()):.4f}, within 1% "
+            f"{float((ratio <= 1.01).float().mean()):.0%}, within 0.1% {float((ratio <= 1.001).float().mean()):.0%}, "
+            f"worst {float(ratio.max()):.3f}, forwards/sample {out[tag]['forwards']:.0f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
