@@ -914,15 +914,14 @@ def main() -> None:
     print(json.dumps(summary, indent=1), file=sys.stderr)
 
 
-def handwritten_sections(page: Path) -> str:
-    """The sections of ``page`` written by hand (from the first ``## `` heading that says
-    "written by hand" to the end), kept when the generated part is rewritten; "" if none."""
+def handwritten_sections(page: Path, markers: tuple[str, ...] = ("written by hand",)) -> str:
+    """The sections of ``page`` written by hand (from the first ``## `` heading that contains
+    one of ``markers`` to the end), kept when the generated part is rewritten; "" if none."""
     if not page.exists():
         return ""
-    text = page.read_text()
-    lines = text.splitlines()
+    lines = page.read_text(encoding="utf-8").splitlines()
     for i, line in enumerate(lines):
-        if line.startswith("## ") and "written by hand" in line:
+        if line.startswith("## ") and any(m in line for m in markers):
             return "\n\n" + "\n".join(lines[i:]).rstrip("\n")
     return ""
 

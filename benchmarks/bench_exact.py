@@ -42,7 +42,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import salign
-from bench_attacks import fit
+from bench_attacks import fit, handwritten_sections
+from salign._io import write_text_atomic
 from salign.exact import exact_robustness
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -368,8 +369,9 @@ def main() -> None:
     ]
     text = "\n".join(doc)
     print(text)
-    if not args.no_doc:
-        DOC.write_text(text, encoding="utf-8")
+    if not args.no_doc:  # the addenda below the tables are written by hand: kept
+        text = text.rstrip("\n") + handwritten_sections(DOC, ("## Addendum", "written by hand")) + "\n"
+        write_text_atomic(DOC, text)
 
 
 if __name__ == "__main__":
