@@ -156,23 +156,6 @@ def leave_alone_worker(rank: int, world: int, port: int, out: str) -> None:
     Path(out).write_text(str(dist.is_initialized()))
 
 
-def two_groups_worker(rank: int, world: int, port: int, out: str) -> None:
-    """Two process groups in turn on one store (as torchrun's agent store serves a training and
-    then an evaluation); rank 1 leaves the second one 2 s late, and rank 0 records whether it
-    waited for it."""
-    import torch.distributed as dist
-
-    store = dist.TCPStore("127.0.0.1", port, world, rank == 0)
-    for group in range(2):
-        dist.init_process_group("gloo", store=store, rank=rank, world_size=world)
-        if group == 1 and rank == 1:
-            time.sleep(2)
-            (Path(out) / "rank1_leaving").write_text("1")
-        leave_process_group()
-    if rank == 0:
-        (Path(out) / "rank0").write_text(str((Path(out) / "rank1_leaving").exists()))
-
-
 if __name__ == "__main__":  # used by the kill-and-resume test: python _training_helpers.py RUN_DIR
     from salign.training import train
 

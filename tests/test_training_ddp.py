@@ -17,7 +17,6 @@ from _training_helpers import (
     photo_tree,
     tiny_config,
     tiny_data,
-    two_groups_worker,
 )
 from salign import models
 from salign.training import train
@@ -76,15 +75,6 @@ def test_a_rank_that_leaves_on_an_error_does_not_keep_the_others(tmp_path: Path)
         leave_alone_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True, start_method="spawn"
     )
     assert out.read_text() == "False"  # rank 0 destroyed its group after the timeout
-
-
-@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
-def test_ranks_leaving_a_second_group_on_the_same_store_wait_for_each_other(tmp_path: Path) -> None:
-    """The first group's keys on a shared store do not let the ranks leave the second one at once."""
-    mp.start_processes(
-        two_groups_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True, start_method="spawn"
-    )
-    assert (tmp_path / "rank0").read_text() == "True"
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")

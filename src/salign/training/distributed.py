@@ -107,8 +107,9 @@ def gather_rng_states(info: DistInfo) -> list[torch.Tensor]:
 
 #: How many process groups this process has left: the same on every rank, since the ranks run
 #: one program. It keeps the keys of :func:`leave_process_group` apart when one store serves
-#: several groups in turn (torchrun's agent store serves `salign run`'s training, then its
-#: evaluation), where a key of the first group would otherwise let the second pass at once.
+#: several groups in turn (a script that calls :func:`~salign.training.train` twice under
+#: torchrun: the agent's store outlives each group), where a key of the first group would
+#: otherwise let the ranks leave the second at once.
 _groups_left = itertools.count()
 
 
