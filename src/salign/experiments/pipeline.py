@@ -542,7 +542,7 @@ def run(
     info = dist_util.setup(device)
     if device.type == "cuda" and info.enabled:
         device = torch.device("cuda", info.local_rank)
-    try:
+    with dist_util.left_at_exit(info):
         shard = current_shard()
         started = time.perf_counter()
         prepare_run_dir(cfg, run_dir, force=force, device=device, shard=shard)
@@ -588,8 +588,4 @@ def run(
             )
             timings.add("report", time.perf_counter() - t0)
         barrier(shard)
-    except BaseException:
-        dist_util.teardown(info, failed=True)
-        raise
-    dist_util.teardown(info)
-    return report
+        return report

@@ -8,10 +8,12 @@ everything here is a no-op for a single process.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import gc
 import itertools
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -111,6 +113,18 @@ def gather_rng_states(info: DistInfo) -> list[torch.Tensor]:
 #: torchrun: the agent's store outlives each group), where a key of the first group would
 #: otherwise let the ranks leave the second at once.
 _groups_left = itertools.count()
+
+
+@contextlib.contextmanager
+def left_at_exit(info: DistInfo) -> Iterator[None]:
+    """Run the block, then :func:`teardown`: with the other ranks if it returned, at once
+    (``failed=True``) if it raised."""
+    try:
+        yield
+    except BaseException:
+        teardown(info, failed=True)
+        raise
+    teardown(info)
 
 
 def teardown(info: DistInfo, *, failed: bool = False) -> None:

@@ -289,13 +289,8 @@ def train(
         device = torch.device("cuda", info.local_rank)
     if cfg.num_threads is not None:
         torch.set_num_threads(cfg.num_threads)
-    try:
-        final = _train(cfg, out, resume=resume, data=data, quiet=quiet, device=device, info=info)
-    except BaseException:
-        dist_util.teardown(info, failed=True)
-        raise
-    dist_util.teardown(info)
-    return final
+    with dist_util.left_at_exit(info):
+        return _train(cfg, out, resume=resume, data=data, quiet=quiet, device=device, info=info)
 
 
 def _train(
