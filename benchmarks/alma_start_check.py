@@ -1,10 +1,12 @@
 """Held-out check (MNIST test images 1000–1099) of where the L2 ensemble starts ALMA: warm-started
-from the best point so far (the default), from x, or both runs.
+from the best point so far (the default until 2026-12-08), from x, both runs, or from x with the
+restart chain's short ALMA warm-started from the best point so far in place of the chain's best
+point (the default since, ``salign.attacks.ensemble.ALMA_FROM_X``).
 
 Prints, per variant, the median ÷ the median of the per-sample best over the three variants,
 the shares within 1% and 0.1% of that best, the worst sample, and the forwards per sample.
-Per-sample distances are kept in benchmarks/.cache/alma_start_NAME.json; the findings are in
-docs/benchmarks/attacks.md.
+Per-sample distances are kept in benchmarks/.cache/alma_start_NAME.json (a variant found there is
+not run again); the findings are in docs/benchmarks/attacks.md.
 
     .venv/bin/python benchmarks/alma_start_check.py plain     # and gradreg, in parallel
 """
@@ -29,14 +31,30 @@ from salign.attacks.ensemble import BUDGETS, PlannedRun, default_plan
 
 
 def variants() -> dict[str, list[PlannedRun]]:
-    """The standard L2 plan as it is, with ALMA from x instead, and with both ALMA runs."""
-    today = default_plan(DEFAULT_ATTACKS[2.0], "standard", BUDGETS["standard"][0], "auto", 2.0)
-    i = [r.label for r in today].index("alma")
-    cold = dataclasses.replace(today[i], label="alma_cold", start="x", polish="own")
+    """The standard L2 plan with ALMA warm-started from the best point so far and its short run
+    from the chain's (the default until 2026-12-08), with ALMA from x instead, with both long
+    ALMA runs, and with ALMA from x and its short run from the best point so far (the default
+    since: ensemble.ALMA_FROM_X)."""
+    plan = default_plan(DEFAULT_ATTACKS[2.0], "standard", BUDGETS["standard"][0], "auto", 2.0)
+    labels = [r.label for r in plan]
+    i, k = labels.index("alma"), labels.index("alma_short")
+    warm = dataclasses.replace(plan[i], start="best", polish="none")
+    cold = dataclasses.replace(plan[i], start="x", polish="own")
+    short_chain = dataclasses.replace(plan[k], start="chain")
+    short_best = dataclasses.replace(plan[k], start="best")
+    today = [*plan[:i], warm, *plan[i + 1 : k], short_chain, *plan[k + 1 :]]
     return {
         "warm (default)": today,
-        "from x": [*today[:i], dataclasses.replace(cold, label="alma"), *today[i + 1 :]],
-        "both": [*today[: i + 1], cold, *today[i + 1 :]],
+        "from x": [*plan[:i], cold, *plan[i + 1 : k], short_chain, *plan[k + 1 :]],
+        "both": [
+            *plan[:i],
+            warm,
+            dataclasses.replace(cold, label="alma_cold"),
+            *plan[i + 1 : k],
+            short_chain,
+            *plan[k + 1 :],
+        ],
+        "from x, short warm": [*plan[:i], cold, *plan[i + 1 : k], short_best, *plan[k + 1 :]],
     }
 
 
@@ -46,9 +64,11 @@ def main() -> None:
     warnings.simplefilter("ignore")
     model = get_model(0.0 if name == "plain" else 1.0, 1)
     x = salign.data.load("mnist", "test")[0][1000:1100]
-    out: dict[str, dict[str, object]] = {}
     path = CACHE / f"alma_start_{name}.json"
+    out: dict[str, dict[str, object]] = json.loads(path.read_text()) if path.exists() else {}
     for tag, plan in variants().items():
+        if tag in out:
+            continue
         start = time.perf_counter()
         result = robustness(model, x, plan=plan, quiet=True, batch_size=50)
         out[tag] = {

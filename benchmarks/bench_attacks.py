@@ -876,10 +876,11 @@ def main() -> None:
         "its best point, and stops if it stalls there). Every attack ends with a line search onto the boundary and "
         "2 polish rounds (a DeepFool step from x with the gradients at the best point, up to 10 "
         "backwards per round) — all counted in fwd/bwd and seconds. `ours robustness` = DeepFool, "
-        "DDN from x, FMN and ALMA warm-started from the best point so far, a short FAB-T from x (the "
-        "2 highest other logits, steps/33 iterations each), then a restart chain of DDN, FMN and ALMA "
-        "with steps/10 steps each from DeepFool's point, early exit (not for ALMA and FAB), one final "
-        "polish (`fast`: 100 steps, no restart chain). `ours ddn k` and `ours ddn k no polish` rows (patience = max(10, k/5)) and `fb ddn k` / "
+        "DDN and ALMA from x, FMN warm-started from the best point so far, a short FAB-T from x (the "
+        "2 highest other logits, steps/33 iterations each), then a restart chain of DDN and FMN "
+        "with steps/10 steps each from DeepFool's point and ALMA with steps/10 from the best point so "
+        "far, early exit (not for ALMA and FAB), one final "
+        "polish (`fast`: 100 steps, ALMA warm-started, no restart chain). `ours ddn k` and `ours ddn k no polish` rows (patience = max(10, k/5)) and `fb ddn k` / "
         "`fb fmn k` rows are the step sweep used for the time-to-target comparison.",
         "",
         "## Summary (goals in brackets)",

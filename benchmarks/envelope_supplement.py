@@ -17,6 +17,11 @@ envelope as supplementary rows named "KEY (TAG)", and the model's table lines ar
 
     .venv/bin/python benchmarks/envelope_supplement.py plain 200 --rerun "ALMA init 1.0"
 
+``--only "KEY,KEY"`` reruns just those rows of the main table and stops there (no supplementary
+rows, no summary): for a default that changes one row, e.g. the standard ensemble:
+
+    .venv/bin/python benchmarks/envelope_supplement.py plain 200 --rerun "ALMA warm" --only "ours robustness standard"
+
 ``--foolbox "ddn 3000,cw 5x600"`` adds longer foolbox runs: when no foolbox run reaches a median
 within 1% of the envelope, their time to it is only bounded below by their longest runs.
 """
@@ -146,15 +151,25 @@ def run_fab(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor, itera
 
 
 def rerun(
-    name: str, part: dict, path: Path, model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor, tag: str
+    name: str,
+    part: dict,
+    path: Path,
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    tag: str,
+    only: list[str] | None = None,
 ) -> None:
-    """Run the RERUN rows again with the current code, keep the old ones as "KEY (tag)" supplementary
-    rows, drop the RERUN_EXTRA rows (the loop of main() runs them again) and rebuild the table."""
+    """Run the RERUN rows (or those in ``only``) again with the current code, keep the old ones as
+    "KEY (tag)" supplementary rows, drop the RERUN_EXTRA rows (the loop of main() runs them again;
+    not with ``only``) and rebuild the table."""
     extra = part["extra_runs"]
-    for key in RERUN_EXTRA:
+    for key in RERUN_EXTRA if only is None else ():
         if key in extra and f"{key} ({tag})" not in extra:
             extra[f"{key} ({tag})"] = extra.pop(key)
     for key, (fn, kw) in RERUN.items():
+        if only is not None and key not in only:
+            continue
         if f"{key} ({tag})" in extra:
             continue  # already rerun under this tag
         old = part["runs"][key]
@@ -186,6 +201,9 @@ def main() -> None:
         "--rerun", default="", help="rerun our ALMA and ensemble rows; TAG names the old ones"
     )
     parser.add_argument(
+        "--only", default="", help="with --rerun: only these rows (comma-separated), then stop"
+    )
+    parser.add_argument(
         "--foolbox",
         default="",
         help='longer foolbox runs to add, comma-separated: "ddn 3000", "fmn 3000", "cw 5x600"',
@@ -204,8 +222,13 @@ def main() -> None:
     with torch.no_grad():
         labels = model(x).argmax(1)
     extra = part.setdefault("extra_runs", {})
+    only = [k.strip() for k in args.only.split(",") if k.strip()] or None
+    if only and (not args.rerun or set(only) - set(RERUN)):
+        raise SystemExit(f"--only needs --rerun and rows among {sorted(RERUN)}")
     if args.rerun:
-        rerun(name, part, path, model, x, labels, args.rerun)
+        rerun(name, part, path, model, x, labels, args.rerun, only)
+        if only:
+            return
     for key, (fn, kw) in EXTRA.items():
         if key in extra:
             continue

@@ -721,6 +721,38 @@ def test_a_restart_chain_warm_starts_from_its_own_best_point(monkeypatch: pytest
     torch.testing.assert_close(starts[0], main_best, rtol=0, atol=0)
 
 
+def test_l2_alma_runs_long_from_x_and_short_from_the_best_point(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In L2 (ensemble.ALMA_FROM_X) the long ALMA starts from x and polishes its own point, and the
+    restart chain's short ALMA starts from the best point over every run so far, not from the
+    chain's; the fast budget (no chain) and L1 keep the long ALMA warm-started."""
+    from salign.attacks import ALMA, DEFAULT_ATTACKS, default_plan
+
+    def alma_runs(budget: str, norm: float) -> list[tuple[str, str, str]]:
+        plan = default_plan(DEFAULT_ATTACKS[norm], budget, 1000, "auto", norm)
+        return [(r.label, r.start, r.polish) for r in plan if r.label.startswith("alma")]
+
+    assert alma_runs("standard", 2.0) == [("alma", "x", "own"), ("alma_short", "best", "best")]
+    assert alma_runs("thorough", 2.0) == [("alma", "x", "own"), ("alma_short", "best", "best")]
+    assert alma_runs("fast", 2.0) == [("alma", "best", "none")]
+    assert alma_runs("standard", 1.0)[:2] == [("alma", "best", "none"), ("alma_short", "chain", "none")]
+
+    model, x, _ = linear_problem(n=4, seed=11, dtype=torch.float64)
+    starts: list[torch.Tensor | None] = []
+    iterate = ALMA.iterate
+
+    def spy(self: ALMA, model: nn.Module, tracker: object, start: torch.Tensor | None) -> None:
+        starts.append(start)
+        iterate(self, model, tracker, start)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ALMA, "iterate", spy)
+    res = robustness(model, x, attacks=("deepfool", "ddn", "alma"), steps=100, polish_steps=0, quiet=True)
+    assert len(starts) == 2 and starts[0] is None and starts[1] is not None
+    runs = [res.per_attack[k] for k in ("deepfool", "ddn", "alma", "ddn_short")]
+    best = torch.stack([r.distance for r in runs]).argmin(0)
+    expected = torch.stack([runs[int(b)].adv[i] for i, b in enumerate(best)])
+    torch.testing.assert_close(starts[1], expected, rtol=0, atol=0)
+
+
 def test_cold_attacks_in_the_ensemble_are_polished() -> None:
     model, x, rho = linear_problem(n=4, seed=8)
     res = robustness(model, x, steps=100, attacks=("ddn", "carlini_wagner"), quiet=True)
