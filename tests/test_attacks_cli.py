@@ -74,7 +74,7 @@ def test_attack_command_in_other_norms(
             # verified in float32: at most a few rounding errors short of the closed form
             # (measured: 5.2e-6 relative on one sample)
             assert float(row["distance"]) >= expected * (1 - 2e-5)
-    assert f"median ρ (L{norm})" in capsys.readouterr().out
+    assert f"median ρ ({'L∞' if norm == 'inf' else 'L' + norm})" in capsys.readouterr().out
 
 
 def test_attack_command_rejects_bad_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -92,3 +92,41 @@ def test_attack_command_rejects_bad_options(tmp_path: Path, capsys: pytest.Captu
     with pytest.raises(SystemExit) as exc:
         main(["attack", str(tmp_path / "missing.safetensors"), "--data", "synthetic-gaussian"])
     assert exc.value.code == 2
+
+
+def test_attack_command_exact(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--exact: the MIP's ρ per sample (a relu_mlp checkpoint, L∞ with HiGHS), with its lower
+    bound, gap and status, equal to salign.exact.exact_robustness on the same points; options of
+    the attacks are refused with it, and its own without it."""
+    pytest.importorskip("highspy")
+    from salign.exact import exact_robustness
+
+    torch.manual_seed(0)
+    model = salign.models.build("relu_mlp", input_shape=(1, 8, 8), hidden=(6,), num_classes=2)
+    path = tmp_path / "mlp.safetensors"
+    salign.models.save(model, path)
+    out = tmp_path / "exact.csv"
+    args = ["attack", str(path), "--data", "synthetic-gaussian", "--n", "3", "--norm", "inf"]
+    main([*args, "--exact", "--time-limit", "20", "--out", str(out), "--quiet"])
+    rows = list(csv.DictReader(out.open()))
+    assert [r["status"] for r in rows] == ["optimal"] * 3
+    assert {"index", "true_label", "distance", "lower_bound", "gap", "adv_class", "nodes"} <= set(rows[0])
+    x, _ = salign.data.load("synthetic-gaussian", "test")
+    want = exact_robustness(salign.models.load(path), x[:3], norm="inf", time_limit=20, quiet=True)
+    for row, d, lb in zip(rows, want.distance.tolist(), want.lower_bound.tolist(), strict=True):
+        assert float(row["distance"]) == pytest.approx(d, rel=1e-4)
+        assert float(row["lower_bound"]) <= float(row["distance"])
+        assert float(row["gap"]) <= 1e-4 and lb <= d
+    assert "exact ρ (L∞, highs)" in capsys.readouterr().out
+    for extra, message in (
+        (["--exact", "--steps", "10"], "--steps does not apply with --exact"),
+        (
+            ["--exact", "--attacks", "ddn", "--budget", "fast"],
+            "--attacks, --budget do not apply with --exact",
+        ),
+        (["--time-limit", "5"], "--time-limit and --gap apply only with --exact"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            main([*args, *extra])
+        assert exc.value.code == 2
+        assert message in capsys.readouterr().err

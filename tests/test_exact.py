@@ -281,3 +281,43 @@ def test_a_bound_left_too_far_below_the_verified_point_is_solved_again(
     assert (r.gap <= 1e-4).all()
     assert 1e-4 * exact.REFINE_GAP_FRACTION in asked
     assert_verified(model, x, r)
+
+
+def test_salign_registry_models_are_read_through_as_sequential() -> None:
+    """salign's ``relu_mlp`` and ``linear`` are not nn.Sequential; their ``as_sequential()`` gives the
+    layers: the same ρ as the equivalent nn.Sequential, and the closed form for the bias-free
+    linear model. A module whose ``as_sequential()`` returns something else is named."""
+    solver = solver_for(math.inf)
+    torch.manual_seed(0)
+    mlp = salign.models.build("relu_mlp", input_shape=(1, 3, 3), hidden=(8,), num_classes=3).double()
+    x = torch.rand(3, 1, 3, 3, dtype=torch.float64)
+    seq = copy.deepcopy(mlp.net)
+    r = exact_robustness(mlp, x, norm="inf", solver=solver, time_limit=20)
+    r_seq = exact_robustness(seq, x, norm="inf", solver=solver, time_limit=20)
+    assert r.status == r_seq.status == ("optimal",) * 3
+    torch.testing.assert_close(r.distance, r_seq.distance, rtol=1e-4, atol=0)
+    assert_verified(mlp, x, r)
+
+    _, x_lin, w = near_tie_linear_problem(n=4, seed=1)
+    lin = salign.models.build(
+        "linear", input_shape=tuple(x_lin.shape[1:]), num_classes=w.shape[0], bias=False
+    )
+    lin = lin.to(x_lin.dtype)
+    with torch.no_grad():
+        lin.fc.weight.copy_(w)
+    r_lin = exact_robustness(lin, x_lin, norm="inf", gap=1e-6, solver=solver, start=None, time_limit=20)
+    torch.testing.assert_close(r_lin.distance, exact_linear_rho(w, x_lin, math.inf), rtol=1e-6, atol=0)
+
+    class Wrong(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(9, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x.flatten(1))
+
+        def as_sequential(self) -> nn.Module:
+            return self.fc
+
+    with pytest.raises(InputError, match=r"as_sequential\(\) at 'model' must return an nn.Sequential"):
+        exact_robustness(Wrong(), torch.rand(2, 1, 3, 3), norm="inf", solver=solver)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -17,6 +18,9 @@ from salign.commands._inputs import (
     resolve_model,
 )
 from salign.errors import InputError
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
 
 
 def register(app: typer.Typer) -> None:
@@ -61,6 +65,20 @@ def register(app: typer.Typer) -> None:
             help="Seed of torch's global random generator (for a model that draws random numbers).",
         ),
         device: str = typer.Option("cpu", "--device", help="Torch device, e.g. cpu or cuda."),
+        exact: bool = typer.Option(
+            False,
+            "--exact",
+            help="Solve ρ exactly, as a mixed-integer program, instead of attacking: for small "
+            "Flatten/Linear/ReLU nets (salign's linear and relu_mlp, or an nn.Sequential); "
+            "pip install 'saliency-alignment[exact]'. The CSV gets the proven lower bound, the gap "
+            "and the solver's status per sample.",
+        ),
+        time_limit: float = typer.Option(
+            30.0, "--time-limit", help="With --exact: seconds per sample over all its rival classes."
+        ),
+        gap: float = typer.Option(
+            1e-4, "--gap", help="With --exact: relative optimality gap at which a solve stops."
+        ),
         out: Path = typer.Option(Path("robustness.csv"), "--out", help="Per-sample CSV to write."),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     ) -> None:
@@ -68,10 +86,23 @@ def register(app: typer.Typer) -> None:
         import torch
 
         from salign._io import atomic_open
+        from salign._norms import norm_label
         from salign.attacks import robustness
 
         if n < 1:
             raise InputError(f"--n must be a positive integer, got {n}")
+        if exact:
+            given = {"--attacks": attacks, "--steps": steps, "--batch-size": batch_size, "--levels": levels}
+            clash = [name for name, value in given.items() if value is not None]
+            if budget != "standard":
+                clash.append("--budget")
+            if clash:
+                raise InputError(
+                    f"{', '.join(clash)} {'does' if len(clash) == 1 else 'do'} not apply with --exact "
+                    "(the mixed-integer program runs no attack; --time-limit and --gap bound it)"
+                )
+        elif time_limit != 30.0 or gap != 1e-4:
+            raise InputError("--time-limit and --gap apply only with --exact")
         torch.manual_seed(seed)
         from salign._validation import resolve_device
 
@@ -82,6 +113,9 @@ def register(app: typer.Typer) -> None:
             raise InputError(f"--true-labels needs labels, but {data} holds no 'y'")
         x = x[:n].to(device)
         y = torch.full((x.shape[0],), -1, dtype=torch.long) if y is None else y[:n].to(device)
+        if exact:
+            _write_exact(model, x, y, true_labels, norm, time_limit, gap, quiet, out)
+            return
         result = robustness(
             model,
             x,
@@ -104,8 +138,49 @@ def register(app: typer.Typer) -> None:
                 writer.writerow(row)
         finite = [d for d in columns["distance"] if math.isfinite(d)]
         typer.echo(
-            f"{len(result)} samples: median ρ (L{result.norm:g}) = {result.median():.4g}, success {result.success_rate:.1%} "
+            f"{len(result)} samples: median ρ ({norm_label(result.norm)}) = {result.median():.4g}, success {result.success_rate:.1%} "
             f"({len(finite)} found), {result.forwards / len(result):.0f} forwards and "
             f"{result.backwards / len(result):.0f} backwards per sample, {result.seconds:.1f} s; "
             f"flags {result.flags}; wrote {out}"
         )
+
+
+def _write_exact(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    true_labels: bool,
+    norm: str,
+    time_limit: float,
+    gap: float,
+    quiet: bool,
+    out: Path,
+) -> None:
+    """``salign attack --exact``: :func:`salign.exact.exact_robustness` per sample, as a CSV."""
+    from salign._io import atomic_open
+    from salign._norms import norm_label
+    from salign.exact import exact_robustness
+
+    result = exact_robustness(
+        model,
+        x,
+        y if true_labels else None,
+        norm=norm,
+        time_limit=time_limit,
+        gap=gap,
+        quiet=quiet or None,
+    )
+    columns = {"index": list(range(len(result))), "true_label": y.cpu().tolist(), **result.to_dict()}
+    names = list(columns)
+    with atomic_open(out, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(names)
+        for row in zip(*(columns[k] for k in names), strict=True):
+            writer.writerow(row)
+    counts = {s: result.status.count(s) for s in dict.fromkeys(result.status)}
+    proven = counts.get("optimal", 0) + counts.get("misclassified", 0) + counts.get("infeasible", 0)
+    typer.echo(
+        f"{len(result)} samples: exact ρ ({norm_label(result.norm)}, {result.solver}) median = {result.median():.4g}, "
+        f"proven within the gap {gap:g} on {proven} of {len(result)} (statuses {counts}), "
+        f"{float(result.seconds.sum()):.1f} s; wrote {out}"
+    )

@@ -15,7 +15,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -103,6 +103,25 @@ class ExactResult:
     def __len__(self) -> int:
         return len(self.distance)
 
+    def median(self) -> float:
+        """Median distance over all samples (``inf`` counts as larger than everything)."""
+        return float(self.distance.double().median())
+
+    def to_dict(self) -> dict[str, Any]:
+        """Per-sample columns as lists (distance, lower_bound, gap, status, success, adv_class,
+        label, seconds, nodes), ready for ``pandas.DataFrame``."""
+        return {
+            "distance": self.distance.detach().cpu().double().tolist(),
+            "lower_bound": self.lower_bound.detach().cpu().double().tolist(),
+            "gap": self.gap.detach().cpu().double().tolist(),
+            "status": list(self.status),
+            "success": self.success.detach().cpu().tolist(),
+            "adv_class": self.adv_class.detach().cpu().tolist(),
+            "label": self.labels.detach().cpu().tolist(),
+            "seconds": self.seconds.detach().cpu().double().tolist(),
+            "nodes": self.nodes.detach().cpu().tolist(),
+        }
+
 
 def exact_robustness(
     model: nn.Module,
@@ -159,8 +178,11 @@ def exact_robustness(
 
     Args:
         model: a nested ``nn.Sequential`` of ``nn.Flatten``, ``nn.Linear``, ``nn.ReLU``, salign's
-            ``Normalize``, ``nn.Identity`` and ``nn.Dropout`` (run in eval mode); anything else
-            is an :class:`~salign.errors.InputError` naming the layer. Its mode is restored.
+            ``Normalize``, ``nn.Identity`` and ``nn.Dropout`` (run in eval mode); a module with
+            an ``as_sequential()`` method is read through the ``nn.Sequential`` it returns
+            (salign's ``linear`` and ``relu_mlp`` models have one; the forwards must agree on
+            ``x``); anything else is an :class:`~salign.errors.InputError` naming the layer.
+            Its mode is restored.
         x: inputs (N, C, H, W) or (N, D) in [0, 1].
         labels: classes (N,) to move away from; ``None`` (the paper's ρ) uses the predicted
             class. Misclassified samples get distance 0.

@@ -44,7 +44,18 @@ class AffineNet:
 
 
 def _leaves(module: nn.Module, prefix: str) -> list[tuple[str, nn.Module]]:
-    """The layers of a (possibly nested) ``nn.Sequential`` in call order, with their names."""
+    """The layers of a (possibly nested) ``nn.Sequential`` in call order, with their names; a
+    module with an ``as_sequential()`` method (salign's ``linear`` and ``relu_mlp`` models) is read
+    through the ``nn.Sequential`` it returns."""
+    as_sequential = getattr(module, "as_sequential", None)
+    if not isinstance(module, nn.Sequential) and callable(as_sequential):
+        seq = as_sequential()
+        if not isinstance(seq, nn.Sequential):
+            raise InputError(
+                f"exact_robustness: {type(module).__name__}.as_sequential() at {prefix or 'model'!r} "
+                f"must return an nn.Sequential, got {type(seq).__name__}"
+            )
+        return _leaves(seq, prefix)
     if isinstance(module, nn.Sequential):
         if type(module).forward is not nn.Sequential.forward:
             raise InputError(
@@ -117,7 +128,8 @@ def extract(model: nn.Module, sample_shape: tuple[int, ...]) -> AffineNet:
             raise InputError(
                 f"exact_robustness: unsupported layer {type(layer).__name__} at {name!r}; the exact "
                 "solver handles nested nn.Sequential of nn.Flatten, nn.Linear, nn.ReLU, salign's "
-                "Normalize, nn.Identity and nn.Dropout"
+                "Normalize, nn.Identity and nn.Dropout (a custom module whose forward chains such "
+                "layers can say so with an as_sequential() method returning that nn.Sequential)"
             )
     if len(shape) != 1:
         raise InputError(f"exact_robustness: the model's output has per-sample shape {shape}, expected (K,)")

@@ -36,6 +36,11 @@ class Linear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.fc(self.flatten(x))
 
+    def as_sequential(self) -> nn.Sequential:
+        """The same layers (shared, not copied) as the ``nn.Sequential`` that :meth:`forward`
+        computes: what :func:`salign.exact.exact_robustness` reads."""
+        return nn.Sequential(self.flatten, self.fc)
+
 
 class ReLUMLP(nn.Module):
     """Fully connected ReLU network; ``bias=False`` makes it positively homogeneous.
@@ -65,6 +70,11 @@ class ReLUMLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
+
+    def as_sequential(self) -> nn.Sequential:
+        """The ``nn.Sequential`` that :meth:`forward` computes (the model's own layers): what
+        :func:`salign.exact.exact_robustness` reads."""
+        return self.net
 
 
 class ReLUCNN(nn.Module):
