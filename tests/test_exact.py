@@ -321,3 +321,55 @@ def test_salign_registry_models_are_read_through_as_sequential() -> None:
 
     with pytest.raises(InputError, match=r"as_sequential\(\) at 'model' must return an nn.Sequential"):
         exact_robustness(Wrong(), torch.rand(2, 1, 3, 3), norm="inf", solver=solver)
+
+
+def test_small_cnns_with_conv_pooling_and_batch_norm() -> None:
+    """Conv2d, AvgPool2d and BatchNorm2d (eval) are affine: read as dense matrices, the network
+    computes the model's logits, the MIP point is verified adversarial at its distance, and no
+    attack gets below the proven bound. Batch norm without running statistics is refused, and
+    max pooling (not affine) is named."""
+    from salign.exact._network import extract
+
+    solver = solver_for(math.inf)
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(2)
+    with torch.no_grad():
+        bn.running_mean.uniform_(-0.2, 0.2)
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-0.1, 0.1)
+    cnn = nn.Sequential(
+        Normalize([0.5], [0.25]),
+        nn.Conv2d(1, 2, 3, padding=1),
+        bn,
+        nn.ReLU(),
+        nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(8, 3),
+    ).double()
+    x = torch.rand(3, 1, 4, 4, dtype=torch.float64)
+    net = extract(cnn, (1, 4, 4))
+    probe = torch.rand(50, 1, 4, 4, dtype=torch.float64)
+    with torch.no_grad():
+        want = cnn.eval()(probe).numpy()
+    assert len(net.weights) == 2 and net.weights[0].shape == (32, 16)  # one ReLU layer, 2 × 4 × 4 units
+    assert abs(net.forward(probe.flatten(1).numpy()) - want).max() < 1e-12
+    r = exact_robustness(cnn, x, norm="inf", solver=solver, time_limit=20)
+    assert r.status == ("optimal",) * len(x)
+    assert_verified(cnn, x, r)
+    a = salign.robustness(cnn, x, norm="inf", budget="fast", quiet=True)
+    assert (a.distance[a.success] >= r.lower_bound[a.success] * (1 - 1e-6)).all()
+
+    batch_stats = nn.Sequential(
+        nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2, track_running_stats=False), nn.Flatten(), nn.Linear(8, 3)
+    )
+    with pytest.raises(InputError, match="BatchNorm2d at '1' has no running statistics"):
+        exact_robustness(batch_stats.double(), x, norm="inf", solver=solver)
+    maxpool = nn.Sequential(
+        nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8, 3)
+    )
+    with pytest.raises(InputError, match="unsupported layer MaxPool2d at '2'"):
+        exact_robustness(maxpool.double(), x, norm="inf", solver=solver)
+    big = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(64 * 32 * 32, 2))
+    with pytest.raises(InputError, match="maps 3072 to 65536 values: too large a network"):
+        exact_robustness(big, torch.rand(1, 3, 32, 32), norm="inf", solver=solver)

@@ -69,7 +69,8 @@ def register(app: typer.Typer) -> None:
             False,
             "--exact",
             help="Solve ρ exactly, as a mixed-integer program, instead of attacking: for small "
-            "Flatten/Linear/ReLU nets (salign's linear and relu_mlp, or an nn.Sequential); "
+            "ReLU nets (salign's linear and relu_mlp, or an nn.Sequential of Linear, Conv, AvgPool, "
+            "BatchNorm, Flatten and ReLU layers); "
             "pip install 'saliency-alignment[exact]'. The CSV gets the proven lower bound, the gap "
             "and the solver's status per sample.",
         ),

@@ -178,7 +178,10 @@ def exact_robustness(
 
     Args:
         model: a nested ``nn.Sequential`` of ``nn.Flatten``, ``nn.Linear``, ``nn.ReLU``, salign's
-            ``Normalize``, ``nn.Identity`` and ``nn.Dropout`` (run in eval mode); a module with
+            ``Normalize``, ``nn.Conv1d``/``nn.Conv2d``, ``nn.AvgPool1d``/``nn.AvgPool2d``,
+            ``nn.BatchNorm1d``/``nn.BatchNorm2d`` (with running statistics), ``nn.Identity`` and
+            ``nn.Dropout`` (run in eval mode; the affine layers between two ReLUs are composed
+            into one dense matrix, so the MIP has one binary per ReLU); a module with
             an ``as_sequential()`` method is read through the ``nn.Sequential`` it returns
             (salign's ``linear`` and ``relu_mlp`` models have one; the forwards must agree on
             ``x``); anything else is an :class:`~salign.errors.InputError` naming the layer.

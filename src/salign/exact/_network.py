@@ -3,6 +3,7 @@ interval bounds of its neurons over a box."""
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -15,6 +16,45 @@ from salign.models.normalize import Normalize
 
 #: Layers that are the identity in eval mode.
 _IDENTITY = (nn.Identity, nn.Dropout)
+
+#: Layers that are affine maps in eval mode, read by probing them (:func:`_probed_affine`).
+_PROBED = (nn.Conv1d, nn.Conv2d, nn.AvgPool1d, nn.AvgPool2d, nn.BatchNorm1d, nn.BatchNorm2d)
+
+#: Largest dense matrix (entries) a probed layer may become: a conv of a 28×28 input with 32
+#: channels is 784 × 25088, already far beyond what the MIP solvers prove.
+_MAX_PROBED_ENTRIES = 50_000_000
+
+
+def _probed_affine(
+    layer: nn.Module, shape: tuple[int, ...], name: str
+) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
+    """The affine map ``layer(h) = W h + b`` of a layer of :data:`_PROBED` on flattened inputs of
+    per-sample shape ``shape``, in float64, read from its outputs on 0 and on the unit vectors:
+    (W, b, output shape)."""
+    if isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d)) and layer.running_mean is None:
+        raise InputError(
+            f"exact_robustness: {type(layer).__name__} at {name!r} has no running statistics "
+            "(track_running_stats=False): it normalises by each batch's, not an affine map"
+        )
+    d = int(np.prod(shape))
+    probe = copy.deepcopy(layer).to(device="cpu", dtype=torch.float64).eval()
+    with torch.no_grad():
+        try:
+            zero = probe(torch.zeros((1, *shape), dtype=torch.float64))
+        except (RuntimeError, ValueError) as err:
+            raise InputError(
+                f"exact_robustness: {type(layer).__name__} at {name!r} cannot take a tensor of "
+                f"per-sample shape {shape}: {err}"
+            ) from err
+        out_shape = tuple(zero.shape[1:])
+        if d * int(np.prod(out_shape)) > _MAX_PROBED_ENTRIES:
+            raise InputError(
+                f"exact_robustness: {type(layer).__name__} at {name!r} maps {d} to "
+                f"{int(np.prod(out_shape))} values: too large a network for the exact solver"
+            )
+        b = zero.flatten()
+        w = (probe(torch.eye(d, dtype=torch.float64).view(d, *shape)).flatten(1) - b).T
+    return w.numpy(), b.numpy(), out_shape
 
 
 @dataclass(frozen=True)
@@ -70,11 +110,13 @@ def _leaves(module: nn.Module, prefix: str) -> list[tuple[str, nn.Module]]:
 
 
 def extract(model: nn.Module, sample_shape: tuple[int, ...]) -> AffineNet:
-    """Read ``model`` (nested ``nn.Sequential`` of Flatten, Linear, ReLU, Normalize, Identity and
-    Dropout) as affine maps with ReLUs between them, for one input of shape ``sample_shape``.
+    """Read ``model`` (nested ``nn.Sequential`` of Flatten, Linear, ReLU, Normalize, Identity,
+    Dropout, and the layers of :data:`_PROBED`: convolutions, average pooling, batch norm in eval
+    mode) as affine maps with ReLUs between them, for one input of shape ``sample_shape``.
 
-    Consecutive affine layers (Normalize, Flatten, Linear) are composed into one map. Anything
-    else is an :class:`InputError` naming the layer.
+    Consecutive affine layers are composed into one map; a convolution becomes its dense matrix
+    (fine for the small inputs the MIP can prove). Anything else is an :class:`InputError`
+    naming the layer.
     """
     shape = tuple(sample_shape)
     d = int(np.prod(shape))
@@ -116,6 +158,10 @@ def extract(model: nn.Module, sample_shape: tuple[int, ...]) -> AffineNet:
             a, c = w @ a, w @ c + b
             shape = (layer.out_features,)
             pending_is_identity = False
+        elif isinstance(layer, _PROBED):
+            w, b, shape = _probed_affine(layer, shape, name)
+            a, c = w @ a, w @ c + b
+            pending_is_identity = False
         elif isinstance(layer, nn.ReLU):
             if pending_is_identity and weights:
                 continue  # ReLU after ReLU
@@ -128,8 +174,9 @@ def extract(model: nn.Module, sample_shape: tuple[int, ...]) -> AffineNet:
             raise InputError(
                 f"exact_robustness: unsupported layer {type(layer).__name__} at {name!r}; the exact "
                 "solver handles nested nn.Sequential of nn.Flatten, nn.Linear, nn.ReLU, salign's "
-                "Normalize, nn.Identity and nn.Dropout (a custom module whose forward chains such "
-                "layers can say so with an as_sequential() method returning that nn.Sequential)"
+                "Normalize, nn.Conv1d/2d, nn.AvgPool1d/2d, nn.BatchNorm1d/2d (eval), nn.Identity and "
+                "nn.Dropout (a custom module whose forward chains such layers can say so with an "
+                "as_sequential() method returning that nn.Sequential)"
             )
     if len(shape) != 1:
         raise InputError(f"exact_robustness: the model's output has per-sample shape {shape}, expected (K,)")
