@@ -1,5 +1,5 @@
 """Held-out check (MNIST test images 1000–1099) of where the L2 ensemble starts ALMA: warm-started
-from the best point so far (the default until 2026-12-08), from x, both runs, or from x with the
+from the best point so far (the default until commit 8431d19), from x, both runs, or from x with the
 restart chain's short ALMA warm-started from the best point so far in place of the chain's best
 point (the default since, ``salign.attacks.ensemble.ALMA_FROM_X``).
 
@@ -32,7 +32,7 @@ from salign.attacks.ensemble import BUDGETS, PlannedRun, default_plan
 
 def variants() -> dict[str, list[PlannedRun]]:
     """The standard L2 plan with ALMA warm-started from the best point so far and its short run
-    from the chain's (the default until 2026-12-08), with ALMA from x instead, with both long
+    from the chain's (the default until commit 8431d19), with ALMA from x instead, with both long
     ALMA runs, and with ALMA from x and its short run from the best point so far (the default
     since: ensemble.ALMA_FROM_X)."""
     plan = default_plan(DEFAULT_ATTACKS[2.0], "standard", BUDGETS["standard"][0], "auto", 2.0)
