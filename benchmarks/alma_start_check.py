@@ -9,6 +9,7 @@ Per-sample distances are kept in benchmarks/.cache/alma_start_NAME.json (a varia
 not run again); the findings are in docs/benchmarks/attacks.md.
 
     .venv/bin/python benchmarks/alma_start_check.py plain     # and gradreg, in parallel
+    .venv/bin/python benchmarks/alma_start_check.py plain 1   # L1: as it is, and with the L2 swap
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import salign
 from bench_attacks import CACHE, get_model
-from salign.attacks import DEFAULT_ATTACKS, robustness
+from salign.attacks import DEFAULT_ATTACKS, ensemble, robustness
 from salign.attacks.ensemble import BUDGETS, PlannedRun, default_plan
 
 
@@ -58,19 +59,34 @@ def variants() -> dict[str, list[PlannedRun]]:
     }
 
 
+def l1_variants() -> dict[str, list[PlannedRun]]:
+    """The standard L1 plan as it is (ALMA warm-started, its short run from the chain's best
+    point) and with ALMA's starts swapped as in L2 (ensemble.ALMA_FROM_X)."""
+    args = (DEFAULT_ATTACKS[1.0], "standard", BUDGETS["standard"][0], "auto", 1.0)
+    today = default_plan(*args)
+    saved = ensemble.ALMA_FROM_X
+    ensemble.ALMA_FROM_X = frozenset({*saved, 1.0})
+    try:
+        swapped = default_plan(*args)
+    finally:
+        ensemble.ALMA_FROM_X = saved
+    return {"warm (default)": today, "from x, short warm": swapped}
+
+
 def main() -> None:
     name = sys.argv[1] if len(sys.argv) > 1 else "plain"
+    l1 = len(sys.argv) > 2 and sys.argv[2] == "1"
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
     model = get_model(0.0 if name == "plain" else 1.0, 1)
     x = salign.data.load("mnist", "test")[0][1000:1100]
-    path = CACHE / f"alma_start_{name}.json"
+    path = CACHE / f"alma_start_{name}{'_L1' if l1 else ''}.json"
     out: dict[str, dict[str, object]] = json.loads(path.read_text()) if path.exists() else {}
-    for tag, plan in variants().items():
+    for tag, plan in (l1_variants() if l1 else variants()).items():
         if tag in out:
             continue
         start = time.perf_counter()
-        result = robustness(model, x, plan=plan, quiet=True, batch_size=50)
+        result = robustness(model, x, norm=1.0 if l1 else 2.0, plan=plan, quiet=True, batch_size=50)
         out[tag] = {
             "distance": result.distance.tolist(),
             "forwards": result.forwards / len(x),
