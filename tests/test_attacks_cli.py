@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import sys
 from pathlib import Path
 
 import pytest
@@ -94,10 +95,12 @@ def test_attack_command_rejects_bad_options(tmp_path: Path, capsys: pytest.Captu
     assert exc.value.code == 2
 
 
-def test_attack_command_exact(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_attack_command_exact(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """--exact: the MIP's ρ per sample (a relu_mlp checkpoint, L∞ with HiGHS), with its lower
     bound, gap and status, equal to salign.exact.exact_robustness on the same points; options of
-    the attacks are refused with it, and its own without it."""
+    the attacks are refused with it, and its own without it; a missing solver names the extra."""
     pytest.importorskip("highspy")
     from salign.exact import exact_robustness
 
@@ -130,3 +133,12 @@ def test_attack_command_exact(tmp_path: Path, capsys: pytest.CaptureFixture[str]
             main([*args, *extra])
         assert exc.value.code == 2
         assert message in capsys.readouterr().err
+    # without the solvers: exit 2 and the extra to install, nothing written
+    monkeypatch.setitem(sys.modules, "highspy", None)
+    monkeypatch.setitem(sys.modules, "pyscipopt", None)
+    missing = tmp_path / "missing.csv"
+    with pytest.raises(SystemExit) as exc:
+        main([*args, "--exact", "--out", str(missing)])
+    assert exc.value.code == 2
+    assert "pip install 'saliency-alignment[exact]'" in capsys.readouterr().err
+    assert not missing.exists()
