@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
@@ -26,6 +27,13 @@ def test_info_lists_versions_device_datasets_models(tmp_path, monkeypatch):
         assert name in out
     assert "salign data fetch mnist" in out  # says how to get what is missing
     assert "efficientnet_lite0" in out
+    assert "highs (exact ρ in L∞, L1)" in out and "scip (exact ρ in L2)" in out
+
+
+def test_info_says_how_to_get_a_missing_solver(monkeypatch):
+    monkeypatch.setitem(sys.modules, "highspy", None)  # import raises ImportError
+    highs = next(s for s in info_report()["solvers"] if s["name"].startswith("highs"))
+    assert highs["available"] is False and highs["how"] == "pip install 'saliency-alignment[exact]'"
 
 
 def test_info_json(tmp_path, monkeypatch):

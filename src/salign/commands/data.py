@@ -104,7 +104,24 @@ def info_report() -> dict[str, Any]:
                 "how": "installed" if models_ok else "pip install 'saliency-alignment[imagenet]'",
             },
         ],
+        "solvers": [_solver_status(name, norms) for name, norms in (("highs", "L∞, L1"), ("scip", "L2"))],
     }
+
+
+def _solver_status(name: str, norms: str) -> dict[str, Any]:
+    """Whether the MIP solver of exact ρ (``salign attack --exact``) is installed, and its version."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from salign.exact import INSTALL_HINT
+    from salign.exact._milp import SOLVER_MODULES, solver_available
+
+    module = SOLVER_MODULES[name]
+    ok = solver_available(name)
+    try:
+        how = f"{module} {version(module)}" if ok else INSTALL_HINT
+    except PackageNotFoundError:
+        how = module
+    return {"name": f"{name} (exact ρ in {norms})", "available": ok, "how": how}
 
 
 def info_command(
@@ -130,6 +147,10 @@ def info_command(
         typer.echo(f"  {s['name']:<20} {mark}{where}  ({s['how']})")
     typer.echo("models:")
     for m in report["models"]:
+        mark = "yes" if m["available"] else "no "
+        typer.echo(f"  {m['name']:<40} {mark}  ({m['how']})")
+    typer.echo("solvers (salign attack --exact):")
+    for m in report["solvers"]:
         mark = "yes" if m["available"] else "no "
         typer.echo(f"  {m['name']:<40} {mark}  ({m['how']})")
 
