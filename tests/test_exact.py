@@ -295,6 +295,9 @@ def test_salign_registry_models_are_read_through_as_sequential() -> None:
     r = exact_robustness(mlp, x, norm="inf", solver=solver, time_limit=20)
     r_seq = exact_robustness(seq, x, norm="inf", solver=solver, time_limit=20)
     assert r.status == r_seq.status == ("optimal",) * 3
+    frame = r.to_frame()
+    assert list(frame["status"]) == list(r.status) and len(frame) == len(r)
+    assert (frame["lower_bound"] <= frame["distance"]).all() and r.median() == float(r.distance.median())
     torch.testing.assert_close(r.distance, r_seq.distance, rtol=1e-4, atol=0)
     assert_verified(mlp, x, r)
 

@@ -122,6 +122,12 @@ class ExactResult:
             "nodes": self.nodes.detach().cpu().tolist(),
         }
 
+    def to_frame(self) -> Any:
+        """The per-sample columns of :meth:`to_dict` as a ``pandas.DataFrame``."""
+        import pandas as pd
+
+        return pd.DataFrame(self.to_dict())
+
 
 def exact_robustness(
     model: nn.Module,
