@@ -697,20 +697,26 @@ def test_budgets_add_their_extra_runs_only_for_requested_attacks() -> None:
         assert float((res.distance / rho - 1).abs().max()) < 1e-3
 
 
+def _recorded_starts(monkeypatch: pytest.MonkeyPatch, attack: type) -> list[torch.Tensor | None]:
+    """The start points ``attack``'s runs get, in call order (its ``iterate`` wrapped)."""
+    starts: list[torch.Tensor | None] = []
+    iterate = attack.iterate
+
+    def spy(self: object, model: nn.Module, tracker: object, start: torch.Tensor | None) -> None:
+        starts.append(start)
+        iterate(self, model, tracker, start)
+
+    monkeypatch.setattr(attack, "iterate", spy)
+    return starts
+
+
 def test_a_restart_chain_warm_starts_from_its_own_best_point(monkeypatch: pytest.MonkeyPatch) -> None:
     """The short chain's FMN starts from the best of DeepFool and the short DDN, not from the
     main chain's (better) best point: the chain is an independent restart."""
     from salign.attacks import FMN
 
     model, x, _ = linear_problem(n=4, seed=11, dtype=torch.float64)
-    starts: list[torch.Tensor | None] = []
-    iterate = FMN.iterate
-
-    def spy(self: FMN, model: nn.Module, tracker: object, start: torch.Tensor | None) -> None:
-        starts.append(start)
-        iterate(self, model, tracker, start)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(FMN, "iterate", spy)
+    starts = _recorded_starts(monkeypatch, FMN)
     res = robustness(model, x, attacks=("deepfool", "ddn", "fmn"), steps=100, polish_steps=0, quiet=True)
     assert len(starts) == 2 and starts[0] is not None and starts[1] is not None
     df, ddn_short = res.per_attack["deepfool"], res.per_attack["ddn_short"]
@@ -737,14 +743,7 @@ def test_l2_alma_runs_long_from_x_and_short_from_the_best_point(monkeypatch: pyt
     assert alma_runs("standard", 1.0)[:2] == [("alma", "best", "none"), ("alma_short", "chain", "none")]
 
     model, x, _ = linear_problem(n=4, seed=11, dtype=torch.float64)
-    starts: list[torch.Tensor | None] = []
-    iterate = ALMA.iterate
-
-    def spy(self: ALMA, model: nn.Module, tracker: object, start: torch.Tensor | None) -> None:
-        starts.append(start)
-        iterate(self, model, tracker, start)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(ALMA, "iterate", spy)
+    starts = _recorded_starts(monkeypatch, ALMA)
     res = robustness(model, x, attacks=("deepfool", "ddn", "alma"), steps=100, polish_steps=0, quiet=True)
     assert len(starts) == 2 and starts[0] is None and starts[1] is not None
     runs = [res.per_attack[k] for k in ("deepfool", "ddn", "alma", "ddn_short")]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -86,7 +86,6 @@ def register(app: typer.Typer) -> None:
         """Estimate ρ(x), the L2 (or L∞, L1) distance to the nearest decision boundary, per sample."""
         import torch
 
-        from salign._io import atomic_open
         from salign._norms import norm_label
         from salign.attacks import robustness
 
@@ -129,14 +128,7 @@ def register(app: typer.Typer) -> None:
             quiet=quiet or None,
             levels=levels,
         )
-        columns = result.to_dict()
-        columns = {"index": list(range(len(result))), "true_label": y.cpu().tolist(), **columns}
-        names = list(columns)
-        with atomic_open(out, "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(names)
-            for row in zip(*(columns[k] for k in names), strict=True):
-                writer.writerow(row)
+        columns = _write_rows(out, y, result.to_dict())
         finite = [d for d in columns["distance"] if math.isfinite(d)]
         typer.echo(
             f"{len(result)} samples: median ρ ({norm_label(result.norm)}) = {result.median():.4g}, success {result.success_rate:.1%} "
@@ -144,6 +136,21 @@ def register(app: typer.Typer) -> None:
             f"{result.backwards / len(result):.0f} backwards per sample, {result.seconds:.1f} s; "
             f"flags {result.flags}; wrote {out}"
         )
+
+
+def _write_rows(out: Path, y: Tensor, columns: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    """Write the per-sample ``columns`` atomically to the CSV ``out``, after an ``index`` and a
+    ``true_label`` column (``y``); returns all the columns written."""
+    from salign._io import atomic_open
+
+    columns = {"index": list(range(len(y))), "true_label": y.cpu().tolist(), **columns}
+    names = list(columns)
+    with atomic_open(out, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(names)
+        for row in zip(*(columns[k] for k in names), strict=True):
+            writer.writerow(row)
+    return columns
 
 
 def _write_exact(
@@ -158,7 +165,6 @@ def _write_exact(
     out: Path,
 ) -> None:
     """``salign attack --exact``: :func:`salign.exact.exact_robustness` per sample, as a CSV."""
-    from salign._io import atomic_open
     from salign._norms import norm_label
     from salign.exact import exact_robustness
 
@@ -171,13 +177,7 @@ def _write_exact(
         gap=gap,
         quiet=quiet or None,
     )
-    columns = {"index": list(range(len(result))), "true_label": y.cpu().tolist(), **result.to_dict()}
-    names = list(columns)
-    with atomic_open(out, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(names)
-        for row in zip(*(columns[k] for k in names), strict=True):
-            writer.writerow(row)
+    _write_rows(out, y, result.to_dict())
     counts = {s: result.status.count(s) for s in dict.fromkeys(result.status)}
     proven = counts.get("optimal", 0) + counts.get("misclassified", 0) + counts.get("infeasible", 0)
     typer.echo(
